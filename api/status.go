@@ -1,0 +1,44 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/meshca/meshca/ca"
+)
+
+// toStatus turns an error from the CA or the store into a gRPC status. Client
+// mistakes keep their message, which names what is wrong and holds no secret; our
+// own faults are logged with their cause and reach the caller as a bare "internal
+// error".
+func toStatus(ctx context.Context, log *slog.Logger, op string, err error) error {
+	code, msg := classify(err)
+	switch code {
+	case codes.Internal:
+		log.ErrorContext(ctx, "Request failed", "op", op, "error", err)
+	case codes.Unavailable:
+		log.WarnContext(ctx, "Request failed", "op", op, "error", err)
+	default:
+		log.DebugContext(ctx, "Request refused", "op", op, "code", code, "error", err)
+	}
+	return status.Error(code, msg)
+}
+
+func classify(err error) (codes.Code, string) {
+	switch {
+	case errors.Is(err, ca.ErrInvalidRequest):
+		return codes.InvalidArgument, err.Error()
+	case errors.Is(err, ca.ErrNotReady):
+		return codes.Unavailable, err.Error()
+	case errors.Is(err, context.Canceled):
+		return codes.Canceled, "request canceled"
+	case errors.Is(err, context.DeadlineExceeded):
+		return codes.DeadlineExceeded, "deadline exceeded"
+	default:
+		return codes.Internal, "internal error"
+	}
+}

@@ -1,0 +1,254 @@
+package ca
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshca/meshca/store"
+)
+
+// Defaults applied by New to a zero Config.
+const (
+	DefaultBackdate   = 60 * time.Second
+	DefaultLeafTTL    = time.Hour
+	DefaultMaxLeafTTL = 24 * time.Hour
+	DefaultRootTTL    = 10 * 365 * 24 * time.Hour
+	DefaultKeyType    = KeyECP256
+)
+
+// Store is the persistence the CA needs.
+type Store interface {
+	Authorities(ctx context.Context) ([]store.Authority, error)
+	CreateAuthority(ctx context.Context, a store.Authority) error
+	RecordIssuance(ctx context.Context, rec store.Issuance) error
+}
+
+// Config configures a CA. Zero fields take the defaults above.
+type Config struct {
+	// TrustDomain is the trust domain every issued SPIFFE ID must belong to.
+	TrustDomain spiffeid.TrustDomain
+	// Store keeps authorities and the audit log. Required.
+	Store Store
+	// Logger receives one Info line per issuance, never key material.
+	Logger *slog.Logger
+	// Clock returns the current time; nil means time.Now.
+	Clock func() time.Time
+	// Backdate is subtracted from NotBefore to absorb clock skew between machines.
+	Backdate time.Duration
+	// DefaultTTL is a leaf's lifetime when the caller asks for none.
+	DefaultTTL time.Duration
+	// MaxTTL caps every leaf's requested lifetime.
+	MaxTTL time.Duration
+	// RootTTL is the lifetime of a root the CA creates.
+	RootTTL time.Duration
+	// KeyType is the algorithm of a root the CA creates.
+	KeyType KeyType
+	// Import, when set, is used instead of a new root on the first start.
+	Import *Import
+}
+
+// CA issues X.509-SVIDs from the active authority. It is safe for concurrent use.
+type CA struct {
+	cfg Config
+	log *slog.Logger
+	now func() time.Time
+
+	// mu guards active and all. Writers replace the slices and pointers whole; readers
+	// copy what they need under RLock and never mutate it.
+	mu     sync.RWMutex
+	active *authority
+	all    []*authority
+}
+
+// New loads the authorities from the store, or on the first start creates (or
+// imports) a root and stores it. A stored authority that cannot be loaded is an
+// error: the CA never replaces a root by itself.
+func New(ctx context.Context, cfg Config) (*CA, error) {
+	if cfg.TrustDomain.IsZero() {
+		return nil, errors.New("trust domain is required")
+	}
+	if cfg.Store == nil {
+		return nil, errors.New("store is required")
+	}
+	cfg = withDefaults(cfg)
+	c := &CA{cfg: cfg, log: cfg.Logger, now: cfg.Clock}
+
+	stored, err := cfg.Store.Authorities(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("failed to read authorities: %w", err)
+	}
+	if len(stored) == 0 {
+		first, err := c.firstAuthority()
+		if err != nil {
+			return nil, err
+		}
+		if err := cfg.Store.CreateAuthority(ctx, first); err != nil {
+			return nil, fmt.Errorf("failed to store authority: %w", err)
+		}
+		c.log.Info("Created certificate authority", "authority_id", first.ID,
+			"imported", cfg.Import != nil)
+		stored = []store.Authority{first}
+	} else if cfg.Import != nil {
+		if err := checkImportMatches(*cfg.Import, stored); err != nil {
+			return nil, err
+		}
+	}
+
+	if err := c.load(stored); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func withDefaults(cfg Config) Config {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	if cfg.Backdate == 0 {
+		cfg.Backdate = DefaultBackdate
+	}
+	if cfg.DefaultTTL == 0 {
+		cfg.DefaultTTL = DefaultLeafTTL
+	}
+	if cfg.MaxTTL == 0 {
+		cfg.MaxTTL = DefaultMaxLeafTTL
+	}
+	if cfg.RootTTL == 0 {
+		cfg.RootTTL = DefaultRootTTL
+	}
+	if cfg.KeyType == "" {
+		cfg.KeyType = DefaultKeyType
+	}
+	return cfg
+}
+
+func (c *CA) firstAuthority() (store.Authority, error) {
+	if c.cfg.Import != nil {
+		a, err := importAuthority(*c.cfg.Import, c.now())
+		if err != nil {
+			return store.Authority{}, fmt.Errorf("failed to import CA: %w", err)
+		}
+		return a, nil
+	}
+	return generateRoot(c.cfg.TrustDomain, c.cfg.KeyType, c.cfg.RootTTL, c.cfg.Backdate,
+		c.now())
+}
+
+// checkImportMatches accepts an import given again on a later start only when it is
+// the authority already stored, so a changed file is not silently ignored.
+func checkImportMatches(imp Import, stored []store.Authority) error {
+	a, err := importAuthority(imp, time.Now())
+	if err != nil {
+		return fmt.Errorf("failed to check CA import: %w", err)
+	}
+	for _, s := range stored {
+		if s.ID == a.ID {
+			return nil
+		}
+	}
+	return fmt.Errorf("the store already holds authorities and the CA to import (%s) is "+
+		"not one of them; importing happens on the first start only", a.ID)
+}
+
+// load parses the stored authorities and picks the active one.
+func (c *CA) load(stored []store.Authority) error {
+	var all []*authority
+	var active *authority
+	for _, s := range stored {
+		a, err := loadAuthority(s)
+		if err != nil {
+			return fmt.Errorf("failed to load stored authority %q: %w", s.ID, err)
+		}
+		all = append(all, a)
+		if a.state == store.StateActive {
+			if active != nil {
+				return fmt.Errorf("store holds two active authorities, %q and %q",
+					active.id, a.id)
+			}
+			active = a
+		}
+	}
+	if active == nil {
+		return errors.New("store holds no active authority")
+	}
+
+	c.mu.Lock()
+	c.active, c.all = active, all
+	c.mu.Unlock()
+	return nil
+}
+
+// TrustDomain returns the CA's trust domain.
+func (c *CA) TrustDomain() spiffeid.TrustDomain { return c.cfg.TrustDomain }
+
+// MaxTTL returns the longest lifetime a leaf may be issued with.
+func (c *CA) MaxTTL() time.Duration { return c.cfg.MaxTTL }
+
+// Bundle returns the trust bundle: the roots of every authority still trusted.
+func (c *CA) Bundle() *x509bundle.Bundle {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	b := x509bundle.New(c.cfg.TrustDomain)
+	for _, a := range c.all {
+		for _, r := range a.roots {
+			b.AddX509Authority(r)
+		}
+	}
+	return b
+}
+
+// AuthorityStatus describes one authority for operators.
+type AuthorityStatus struct {
+	ID          string
+	State       store.AuthorityState
+	Subject     string
+	Fingerprint string // SHA-256 of the certificate, lowercase hex
+	NotBefore   time.Time
+	NotAfter    time.Time
+	// Root is true for a self-signed authority, false for an intermediate.
+	Root bool
+}
+
+// Authorities describes every authority, oldest first.
+func (c *CA) Authorities() []AuthorityStatus {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make([]AuthorityStatus, 0, len(c.all))
+	for _, a := range c.all {
+		out = append(out, AuthorityStatus{
+			ID:          a.id,
+			State:       a.state,
+			Subject:     a.cert.Subject.String(),
+			Fingerprint: Fingerprint(a.cert.Raw),
+			NotBefore:   a.cert.NotBefore,
+			NotAfter:    a.cert.NotAfter,
+			Root:        isSelfSigned(a.cert),
+		})
+	}
+	return out
+}
+
+func (c *CA) signer() (*authority, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.active == nil {
+		return nil, ErrNotReady
+	}
+	return c.active, nil
+}
+
+// roots returns the trust anchors as certificates, for tests and verification.
+func (c *CA) roots() []*x509.Certificate {
+	return c.Bundle().X509Authorities()
+}

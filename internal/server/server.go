@@ -1,0 +1,152 @@
+// Package server wires meshca's components into the `meshca server` process: the
+// store, the CA, the main TLS gRPC port, the admin socket and the HTTP port for
+// health and metrics. Every long-lived part has Run(ctx) error and all of them run in
+// one errgroup: the first failure stops the rest.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/store"
+)
+
+// StoreFileName is the bbolt file inside the data directory.
+const StoreFileName = "meshca.db"
+
+// Config is the validated configuration of a meshca server.
+type Config struct {
+	// DataDir holds the store file; created 0700 if missing.
+	DataDir string
+	// TrustDomain of every identity meshca issues.
+	TrustDomain spiffeid.TrustDomain
+	// AdminSocket is the Unix socket of the admin API, mode 0600.
+	AdminSocket string
+	// GRPCAddr is the main TLS gRPC listen address.
+	GRPCAddr string
+	// HTTPAddr serves /healthz, /readyz and /metrics in plain HTTP.
+	HTTPAddr string
+	// ServerDNSNames are the names in meshca's own serving certificate.
+	ServerDNSNames []string
+	// CA tunes issuance; TrustDomain, Store, Logger and Clock are filled in by Run.
+	CA ca.Config
+	// Logger is the process logger.
+	Logger *slog.Logger
+	// Ready, when set, is called once every listener is up and the CA is loaded.
+	Ready func(Addrs)
+}
+
+// Addrs are the addresses actually bound, useful when the config asked for port 0.
+type Addrs struct {
+	GRPC, HTTP net.Addr
+	Admin      string
+}
+
+// Server is a configured meshca server.
+type Server struct {
+	cfg Config
+	log *slog.Logger
+}
+
+// New checks the configuration and returns a server ready to Run.
+func New(cfg Config) (*Server, error) {
+	if cfg.TrustDomain.IsZero() {
+		return nil, errors.New("trust domain is required")
+	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("data directory is required")
+	}
+	if cfg.AdminSocket == "" {
+		cfg.AdminSocket = filepath.Join(cfg.DataDir, "admin.sock")
+	}
+	if len(cfg.ServerDNSNames) == 0 {
+		cfg.ServerDNSNames = []string{"localhost"}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Server{cfg: cfg, log: cfg.Logger}, nil
+}
+
+// Run starts every component and blocks until ctx ends or one of them fails. A
+// canceled ctx is a clean stop and returns nil.
+func (s *Server) Run(ctx context.Context) error {
+	start := time.Now()
+	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("failed to create data directory: %w", err)
+	}
+	st, err := store.OpenBolt(filepath.Join(s.cfg.DataDir, StoreFileName), store.BoltOptions{})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := st.Close(); err != nil {
+			s.log.Error("Failed to close store", "error", err)
+		}
+	}()
+
+	caCfg := s.cfg.CA
+	caCfg.TrustDomain, caCfg.Store, caCfg.Logger = s.cfg.TrustDomain, st, s.log
+	authority, err := ca.New(ctx, caCfg)
+	if err != nil {
+		return fmt.Errorf("failed to start the certificate authority: %w", err)
+	}
+
+	reg := prometheus.NewRegistry()
+	metrics := newMetrics(reg, authority)
+
+	serving := newServingCert(authority, s.cfg.ServerDNSNames, s.log)
+	if err := serving.renew(ctx); err != nil {
+		return err
+	}
+
+	mainGRPC, err := newMainGRPC(s.cfg.GRPCAddr, serving, metrics, s.log)
+	if err != nil {
+		return err
+	}
+	admin, err := newAdminGRPC(s.cfg.AdminSocket, authority, st, metrics, s.log)
+	if err != nil {
+		mainGRPC.close()
+		return err
+	}
+	httpSrv, err := newHTTP(s.cfg.HTTPAddr, reg)
+	if err != nil {
+		mainGRPC.close()
+		admin.close()
+		return err
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return serving.Run(gctx) })
+	g.Go(func() error { return mainGRPC.Run(gctx) })
+	g.Go(func() error { return admin.Run(gctx) })
+	g.Go(func() error { return httpSrv.Run(gctx) })
+
+	httpSrv.setReady(true)
+	addrs := Addrs{GRPC: mainGRPC.addr(), HTTP: httpSrv.addr(), Admin: s.cfg.AdminSocket}
+	s.log.Info("meshca is ready", "trust_domain", s.cfg.TrustDomain.Name(),
+		"grpc_addr", addrs.GRPC.String(), "http_addr", addrs.HTTP.String(),
+		"admin_socket", addrs.Admin, "data_dir", s.cfg.DataDir,
+		"startup", time.Since(start).Round(time.Millisecond))
+	if s.cfg.Ready != nil {
+		s.cfg.Ready(addrs)
+	}
+
+	err = g.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	s.log.Info("meshca stopped")
+	return err
+}

@@ -1,0 +1,328 @@
+package store
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+)
+
+var (
+	bucketMeta        = []byte("meta")
+	bucketAuthorities = []byte("authorities")
+	bucketIssuances   = []byte("issuances")
+	keySchema         = []byte("schema_version")
+)
+
+// maxGroupCommit caps how many audit records share one transaction.
+const maxGroupCommit = 4096
+
+// BoltOptions tunes the embedded store.
+type BoltOptions struct {
+	// LockTimeout is how long to wait for another process to release the file.
+	// Zero means one second.
+	LockTimeout time.Duration
+}
+
+// Bolt is the embedded Store: one bbolt file, mode 0600, one transaction per write.
+// Audit records written concurrently are committed together (group commit), so many
+// issuances share one disk sync while none returns before its record is durable.
+type Bolt struct {
+	path string
+	db   *bolt.DB
+
+	// mu guards closed and sends on writes: senders hold it for reading, Close for
+	// writing, so nothing is sent on a closed channel.
+	mu     sync.RWMutex
+	closed bool
+	writes chan pendingIssuance
+	done   chan struct{} // closed when the commit loop has drained and exited
+}
+
+type pendingIssuance struct {
+	rec    Issuance
+	result chan error
+}
+
+var _ Store = (*Bolt)(nil)
+
+// OpenBolt opens or creates the store file at path. A file that is locked by another
+// process, corrupt, or written by a newer schema is refused with an error naming the
+// file, and is left byte-for-byte unchanged.
+func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
+	if opts.LockTimeout == 0 {
+		opts.LockTimeout = time.Second
+	}
+	info, err := os.Stat(path)
+	switch {
+	case err == nil && info.Size() > 0:
+		if err := checkExisting(path, opts.LockTimeout); err != nil {
+			return nil, err
+		}
+	case err != nil && !errors.Is(err, os.ErrNotExist):
+		return nil, fmt.Errorf("failed to stat store file %q: %w", path, err)
+	}
+
+	db, err := openBolt(path, &bolt.Options{Timeout: opts.LockTimeout})
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("failed to restrict store file %q to 0600: %w", path, err)
+	}
+	if err := db.Update(initSchema); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("failed to initialize store file %q: %w", path, err)
+	}
+
+	b := &Bolt{
+		path:   path,
+		db:     db,
+		writes: make(chan pendingIssuance, maxGroupCommit),
+		done:   make(chan struct{}),
+	}
+	go b.commitLoop()
+	return b, nil
+}
+
+// openBolt opens the file and turns bbolt's errors, and its panics on some corrupt
+// files, into errors that name the file.
+func openBolt(path string, opts *bolt.Options) (db *bolt.DB, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("store file %q is corrupt: %v", path, r)
+		}
+	}()
+	db, err = bolt.Open(path, 0o600, opts)
+	switch {
+	case errors.Is(err, bolterrors.ErrTimeout):
+		return nil, fmt.Errorf("store file %q is locked by another process", path)
+	case errors.Is(err, bolterrors.ErrInvalid), errors.Is(err, bolterrors.ErrChecksum),
+		errors.Is(err, bolterrors.ErrVersionMismatch):
+		return nil, fmt.Errorf("store file %q is corrupt: %w", path, err)
+	case err != nil:
+		return nil, fmt.Errorf("failed to open store file %q: %w", path, err)
+	}
+	return db, nil
+}
+
+// checkExisting opens an existing file read-only and checks its consistency and schema
+// before anything may write to it.
+func checkExisting(path string, lockTimeout time.Duration) (err error) {
+	db, err := openBolt(path, &bolt.Options{ReadOnly: true, Timeout: lockTimeout})
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("store file %q is corrupt: %v", path, r)
+		}
+	}()
+
+	return db.View(func(tx *bolt.Tx) error {
+		for cerr := range tx.Check() {
+			return fmt.Errorf("store file %q is corrupt: %w", path, cerr)
+		}
+		meta := tx.Bucket(bucketMeta)
+		if meta == nil {
+			return fmt.Errorf("store file %q is not a meshca store (no meta bucket)", path)
+		}
+		v, err := schemaVersion(meta)
+		if err != nil {
+			return fmt.Errorf("store file %q: %w", path, err)
+		}
+		if v > SchemaVersion {
+			return fmt.Errorf("store file %q has schema version %d, newer than %d that "+
+				"this meshca understands; upgrade meshca", path, v, SchemaVersion)
+		}
+		return nil
+	})
+}
+
+func schemaVersion(meta *bolt.Bucket) (int, error) {
+	raw := meta.Get(keySchema)
+	if raw == nil {
+		return 0, errors.New("no schema version stored")
+	}
+	v, err := strconv.Atoi(string(raw))
+	if err != nil {
+		return 0, fmt.Errorf("unreadable schema version %q", raw)
+	}
+	return v, nil
+}
+
+func initSchema(tx *bolt.Tx) error {
+	for _, name := range [][]byte{bucketMeta, bucketAuthorities, bucketIssuances} {
+		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+			return err
+		}
+	}
+	meta := tx.Bucket(bucketMeta)
+	if meta.Get(keySchema) != nil {
+		return nil
+	}
+	return meta.Put(keySchema, []byte(strconv.Itoa(SchemaVersion)))
+}
+
+// Path returns the file the store lives in.
+func (b *Bolt) Path() string { return b.path }
+
+// Authorities implements Store.
+func (b *Bolt) Authorities(ctx context.Context) ([]Authority, error) {
+	var out []Authority
+	err := b.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketAuthorities).ForEach(func(k, v []byte) error {
+			var a Authority
+			if err := json.Unmarshal(v, &a); err != nil {
+				return fmt.Errorf("failed to decode authority %q: %w", k, err)
+			}
+			out = append(out, a)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	sortAuthorities(out)
+	return out, nil
+}
+
+// CreateAuthority implements Store.
+func (b *Bolt) CreateAuthority(ctx context.Context, a Authority) error {
+	raw, err := json.Marshal(a)
+	if err != nil {
+		return fmt.Errorf("failed to encode authority %q: %w", a.ID, err)
+	}
+	return b.db.Update(func(tx *bolt.Tx) error {
+		bkt := tx.Bucket(bucketAuthorities)
+		if bkt.Get([]byte(a.ID)) != nil {
+			return fmt.Errorf("authority %q: %w", a.ID, ErrExists)
+		}
+		return bkt.Put([]byte(a.ID), raw)
+	})
+}
+
+// RecordIssuance implements Store. The record is queued for the commit loop, which
+// writes every queued record in one transaction; the call returns after that commit.
+func (b *Bolt) RecordIssuance(ctx context.Context, rec Issuance) error {
+	p := pendingIssuance{rec: rec, result: make(chan error, 1)}
+
+	b.mu.RLock()
+	if b.closed {
+		b.mu.RUnlock()
+		return ErrClosed
+	}
+	select {
+	case b.writes <- p:
+		b.mu.RUnlock()
+	case <-ctx.Done():
+		b.mu.RUnlock()
+		return ctx.Err()
+	}
+
+	// Once queued, the record is committed whatever the caller's context does; the
+	// caller just stops waiting.
+	select {
+	case err := <-p.result:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (b *Bolt) commitLoop() {
+	defer close(b.done)
+	batch := make([]pendingIssuance, 0, maxGroupCommit)
+	for first := range b.writes {
+		batch = append(batch[:0], first)
+	drain:
+		for len(batch) < maxGroupCommit {
+			select {
+			case p, ok := <-b.writes:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, p)
+			default:
+				break drain
+			}
+		}
+		err := b.db.Update(func(tx *bolt.Tx) error {
+			return appendIssuances(tx.Bucket(bucketIssuances), batch)
+		})
+		for _, p := range batch {
+			p.result <- err
+		}
+	}
+}
+
+func appendIssuances(bkt *bolt.Bucket, batch []pendingIssuance) error {
+	for _, p := range batch {
+		raw, err := json.Marshal(p.rec)
+		if err != nil {
+			return fmt.Errorf("failed to encode issuance %s: %w", p.rec.Serial, err)
+		}
+		seq, err := bkt.NextSequence()
+		if err != nil {
+			return err
+		}
+		if err := bkt.Put(binary.BigEndian.AppendUint64(nil, seq), raw); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Issuances implements Store.
+//
+// TODO: records are filtered by a full scan and never pruned; a busy mesh needs an
+// index by SPIFFE ID and removal of records whose certificates expired long ago.
+func (b *Bolt) Issuances(ctx context.Context, q IssuanceQuery) ([]Issuance, error) {
+	var out []Issuance
+	err := b.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketIssuances).Cursor()
+		for k, v := c.Last(); k != nil; k, v = c.Prev() {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			var rec Issuance
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return fmt.Errorf("failed to decode issuance record %x: %w", k, err)
+			}
+			if q.SPIFFEID != "" && rec.SPIFFEID != q.SPIFFEID {
+				continue
+			}
+			out = append(out, rec)
+			if q.Limit > 0 && len(out) >= q.Limit {
+				break
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Close implements Store: it waits for queued audit records, then closes the file.
+func (b *Bolt) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	close(b.writes)
+	b.mu.Unlock()
+
+	<-b.done
+	return b.db.Close()
+}
