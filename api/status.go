@@ -11,6 +11,10 @@ import (
 	"github.com/meshca/meshca/ca"
 )
 
+// msgUnauthenticated is the one message every authentication failure gets: the
+// reason is logged, never told to a caller that might be probing.
+const msgUnauthenticated = "authentication failed"
+
 // toStatus turns an error from the CA or the store into a gRPC status. Client
 // mistakes keep their message, which names what is wrong and holds no secret; our
 // own faults are logged with their cause and reach the caller as a bare "internal
@@ -22,6 +26,8 @@ func toStatus(ctx context.Context, log *slog.Logger, op string, err error) error
 		log.ErrorContext(ctx, "Request failed", "op", op, "error", err)
 	case codes.Unavailable:
 		log.WarnContext(ctx, "Request failed", "op", op, "error", err)
+	case codes.Unauthenticated, codes.PermissionDenied:
+		log.WarnContext(ctx, "Request denied", "op", op, "code", code, "error", err)
 	default:
 		log.DebugContext(ctx, "Request refused", "op", op, "code", code, "error", err)
 	}
@@ -30,6 +36,12 @@ func toStatus(ctx context.Context, log *slog.Logger, op string, err error) error
 
 func classify(err error) (codes.Code, string) {
 	switch {
+	case errors.Is(err, ca.ErrInvalidToken):
+		return codes.Unauthenticated, msgUnauthenticated
+	case errors.Is(err, ca.ErrAuthUnavailable):
+		return codes.Unavailable, "token authentication unavailable, retry later"
+	case errors.Is(err, errPermissionDenied):
+		return codes.PermissionDenied, err.Error()
 	case errors.Is(err, ca.ErrInvalidRequest):
 		return codes.InvalidArgument, err.Error()
 	case errors.Is(err, ca.ErrNotReady):

@@ -43,6 +43,11 @@ type serverFlags struct {
 	caBundleFile   string
 	logFormat      string
 	logLevel       string
+	kubeconfig     string
+	tokenAudience  string
+	tokenCacheTTL  time.Duration
+	kubeQPS        float32
+	kubeBurst      int
 }
 
 func newServerCommand() *cobra.Command {
@@ -92,6 +97,15 @@ func newServerCommand() *cobra.Command {
 	fs.StringVar(&f.caKeyFile, "ca-key-file", "", "private key of --ca-cert-file (PEM)")
 	fs.StringVar(&f.caBundleFile, "ca-bundle-file", "",
 		"roots to trust when --ca-cert-file is an intermediate (PEM)")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "",
+		"kubeconfig for the Kubernetes API (default: in-cluster, then $KUBECONFIG; "+
+			"with neither, token authentication is disabled)")
+	fs.StringVar(&f.tokenAudience, "token-audience", "meshca",
+		"audience that workload tokens must be issued for")
+	fs.DurationVar(&f.tokenCacheTTL, "token-cache-ttl", 10*time.Second,
+		"how long a successful token review is reused (never past the token's expiry)")
+	fs.Float32Var(&f.kubeQPS, "kube-qps", 500, "Kubernetes client requests per second")
+	fs.IntVar(&f.kubeBurst, "kube-burst", 1000, "Kubernetes client burst")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return cmd
@@ -123,6 +137,13 @@ func (f *serverFlags) config() (server.Config, error) {
 		errs = append(errs, fmt.Errorf("--ca-key-type %q is not one of ec-p256, ec-p384, "+
 			"rsa-2048, rsa-3072", f.caKeyType))
 	}
+	if f.tokenAudience == "" {
+		errs = append(errs, errors.New("--token-audience must not be empty"))
+	}
+	if f.tokenCacheTTL < 0 || f.kubeQPS <= 0 || f.kubeBurst <= 0 {
+		errs = append(errs, errors.New("--token-cache-ttl must not be negative, "+
+			"--kube-qps and --kube-burst must be positive"))
+	}
 	imp, err := f.caImport()
 	if err != nil {
 		errs = append(errs, err)
@@ -141,6 +162,10 @@ func (f *serverFlags) config() (server.Config, error) {
 		CA: ca.Config{
 			DefaultTTL: f.leafTTL, MaxTTL: f.maxTTL, RootTTL: f.rootTTL,
 			KeyType: kt, Import: imp,
+		},
+		Kube: server.KubeConfig{
+			Kubeconfig: f.kubeconfig, QPS: f.kubeQPS, Burst: f.kubeBurst,
+			Audience: f.tokenAudience, CacheTTL: f.tokenCacheTTL,
 		},
 	}, nil
 }

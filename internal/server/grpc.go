@@ -49,8 +49,8 @@ func (g *grpcServer) Run(ctx context.Context) error {
 }
 
 // newMainGRPC listens on the main TLS port with the gRPC health service.
-func newMainGRPC(addr string, serving *servingCert, m *metrics, log *slog.Logger) (
-	*grpcServer, error) {
+func newMainGRPC(addr string, serving *servingCert, m *metrics, log *slog.Logger,
+	certs meshcav1.CertificateServiceServer) (*grpcServer, error) {
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("failed to listen on gRPC address %q: %w", addr, err)
@@ -62,6 +62,7 @@ func newMainGRPC(addr string, serving *servingCert, m *metrics, log *slog.Logger
 		ClientAuth: tls.NoClientCert,
 	})
 	srv := grpc.NewServer(grpc.Creds(creds), grpc.ChainUnaryInterceptor(m.unaryInterceptor))
+	meshcav1.RegisterCertificateServiceServer(srv, certs)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv)

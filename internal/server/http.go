@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -15,17 +16,24 @@ import (
 
 // httpServer serves /healthz, /readyz and /metrics.
 type httpServer struct {
-	srv   *http.Server
-	lis   net.Listener
-	ready atomic.Bool
+	srv    *http.Server
+	lis    net.Listener
+	ready  atomic.Bool
+	checks []readyCheck
 }
 
-func newHTTP(addr string, reg *prometheus.Registry) (*httpServer, error) {
+// readyCheck is one condition of readiness; check returns why it is not met.
+type readyCheck struct {
+	name  string
+	check func() error
+}
+
+func newHTTP(addr string, reg *prometheus.Registry, checks []readyCheck) (*httpServer, error) {
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("failed to listen on HTTP address %q: %w", addr, err)
 	}
-	h := &httpServer{lis: lis}
+	h := &httpServer{lis: lis, checks: checks}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = fmt.Fprintln(w, "ok")
@@ -43,6 +51,16 @@ func (h *httpServer) setReady(v bool) { h.ready.Store(v) }
 func (h *httpServer) readyz(w http.ResponseWriter, _ *http.Request) {
 	if !h.ready.Load() {
 		http.Error(w, "not ready: starting", http.StatusServiceUnavailable)
+		return
+	}
+	var failed []string
+	for _, c := range h.checks {
+		if err := c.check(); err != nil {
+			failed = append(failed, fmt.Sprintf("%s: %v", c.name, err))
+		}
+	}
+	if len(failed) > 0 {
+		http.Error(w, "not ready: "+strings.Join(failed, "; "), http.StatusServiceUnavailable)
 		return
 	}
 	_, _ = fmt.Fprintln(w, "ok")

@@ -14,9 +14,13 @@ import (
 
 // metrics are meshca's Prometheus metrics, registered on the server's own registry.
 type metrics struct {
-	requests *prometheus.CounterVec
-	latency  *prometheus.HistogramVec
+	requests  *prometheus.CounterVec
+	latency   *prometheus.HistogramVec
+	reviews   *prometheus.CounterVec
+	cacheHits prometheus.Counter
 }
+
+var _ ca.ReviewMetrics = (*metrics)(nil)
 
 func newMetrics(reg *prometheus.Registry, authority *ca.CA) *metrics {
 	m := &metrics{
@@ -29,8 +33,16 @@ func newMetrics(reg *prometheus.Registry, authority *ca.CA) *metrics {
 			Help:    "gRPC request latency, by method.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}, []string{"method"}),
+		reviews: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshca_token_reviews_total",
+			Help: "TokenReview calls to the Kubernetes API, by result.",
+		}, []string{"result"}),
+		cacheHits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshca_token_review_cache_hits_total",
+			Help: "Token authentications answered from the review cache.",
+		}),
 	}
-	reg.MustRegister(m.requests, m.latency,
+	reg.MustRegister(m.requests, m.latency, m.reviews, m.cacheHits,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		authorityExpiry(authority))
@@ -66,3 +78,9 @@ func (m *metrics) unaryInterceptor(ctx context.Context, req any, info *grpc.Unar
 	m.requests.WithLabelValues(info.FullMethod, status.Code(err).String()).Inc()
 	return resp, err
 }
+
+// Reviewed implements ca.ReviewMetrics.
+func (m *metrics) Reviewed(result string) { m.reviews.WithLabelValues(result).Inc() }
+
+// CacheHit implements ca.ReviewMetrics.
+func (m *metrics) CacheHit() { m.cacheHits.Inc() }

@@ -17,7 +17,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/kubernetes"
 
+	"github.com/meshca/meshca/api"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/store"
 )
@@ -41,6 +43,8 @@ type Config struct {
 	ServerDNSNames []string
 	// CA tunes issuance; TrustDomain, Store, Logger and Clock are filled in by Run.
 	CA ca.Config
+	// Kube says how to reach the Kubernetes API for token authentication.
+	Kube KubeConfig
 	// Logger is the process logger.
 	Logger *slog.Logger
 	// Ready, when set, is called once every listener is up and the CA is loaded.
@@ -110,8 +114,13 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := serving.renew(ctx); err != nil {
 		return err
 	}
+	auth, access, err := s.tokenAuth(metrics)
+	if err != nil {
+		return err
+	}
 
-	mainGRPC, err := newMainGRPC(s.cfg.GRPCAddr, serving, metrics, s.log)
+	mainGRPC, err := newMainGRPC(s.cfg.GRPCAddr, serving, metrics, s.log,
+		api.NewCertificates(api.CertificateConfig{CA: authority, Auth: auth, Logger: s.log}))
 	if err != nil {
 		return err
 	}
@@ -120,7 +129,11 @@ func (s *Server) Run(ctx context.Context) error {
 		mainGRPC.close()
 		return err
 	}
-	httpSrv, err := newHTTP(s.cfg.HTTPAddr, reg)
+	var checks []readyCheck
+	if access != nil {
+		checks = append(checks, readyCheck{name: "token authentication", check: access.ready})
+	}
+	httpSrv, err := newHTTP(s.cfg.HTTPAddr, reg, checks)
 	if err != nil {
 		mainGRPC.close()
 		admin.close()
@@ -132,6 +145,9 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return mainGRPC.Run(gctx) })
 	g.Go(func() error { return admin.Run(gctx) })
 	g.Go(func() error { return httpSrv.Run(gctx) })
+	if access != nil {
+		g.Go(func() error { return access.Run(gctx) })
+	}
 
 	httpSrv.setReady(true)
 	addrs := Addrs{GRPC: mainGRPC.addr(), HTTP: httpSrv.addr(), Admin: s.cfg.AdminSocket}
@@ -149,4 +165,29 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.log.Info("meshca stopped")
 	return err
+}
+
+// tokenAuth builds the token authenticator, or returns nil ones when no Kubernetes
+// API is configured: meshca still serves its admin API and bundle then, and the
+// certificate API answers Unavailable.
+func (s *Server) tokenAuth(m *metrics) (api.Authenticator, *accessCheck, error) {
+	restCfg, source, err := s.cfg.Kube.restConfig()
+	if err != nil {
+		return nil, nil, err
+	}
+	if restCfg == nil {
+		s.log.Warn("No Kubernetes API configured; token authentication is disabled")
+		return nil, nil, nil
+	}
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("failed to create Kubernetes client: %w", err)
+	}
+	s.log.Info("Token authentication with the Kubernetes API", "source", source,
+		"audience", s.cfg.Kube.Audience)
+	reviewer := ca.NewTokenReviewer(ca.TokenReviewConfig{
+		Client: client, TrustDomain: s.cfg.TrustDomain, Audience: s.cfg.Kube.Audience,
+		CacheTTL: s.cfg.Kube.CacheTTL, Logger: s.log, Metrics: m,
+	})
+	return reviewer, newAccessCheck(client, s.log), nil
 }

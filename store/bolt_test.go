@@ -1,0 +1,180 @@
+package store_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/meshca/meshca/store"
+)
+
+func open(t *testing.T, path string) *store.Bolt {
+	t.Helper()
+	st, err := store.OpenBolt(path, store.BoltOptions{LockTimeout: 100 * time.Millisecond})
+	require.NoError(t, err)
+	return st
+}
+
+func TestAuthoritiesPersist(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "meshca.db")
+	st := open(t, path)
+	ctx := context.Background()
+	a := store.Authority{ID: "a1", State: store.StateActive, Chain: [][]byte{{1}},
+		Roots: [][]byte{{1}}, Key: []byte{2}, CreatedAt: time.Unix(100, 0).UTC()}
+	b := store.Authority{ID: "b2", State: store.StatePrepared, Chain: [][]byte{{3}},
+		Roots: [][]byte{{3}}, Key: []byte{4}, CreatedAt: time.Unix(50, 0).UTC()}
+	require.NoError(t, st.CreateAuthority(ctx, a))
+	require.NoError(t, st.CreateAuthority(ctx, b))
+	require.ErrorIs(t, st.CreateAuthority(ctx, a), store.ErrExists)
+	require.NoError(t, st.Close())
+
+	info, err := os.Stat(path)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), info.Mode().Perm())
+
+	st = open(t, path)
+	defer st.Close()
+	got, err := st.Authorities(ctx)
+	require.NoError(t, err)
+	require.Equal(t, []store.Authority{b, a}, got, "oldest first")
+}
+
+func TestRecordIssuanceGroupCommit(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "meshca.db")
+	st := open(t, path)
+	ctx := context.Background()
+
+	const writers, each = 32, 40
+	var wg sync.WaitGroup
+	errs := make(chan error, writers*each)
+	for w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				errs <- st.RecordIssuance(ctx, store.Issuance{
+					Serial:   fmt.Sprintf("%02x%02x", w, i),
+					SPIFFEID: fmt.Sprintf("spiffe://td/w%d", w%2),
+				})
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	require.NoError(t, st.Close())
+	require.ErrorIs(t, st.RecordIssuance(ctx, store.Issuance{}), store.ErrClosed)
+
+	// Every acknowledged record survives a reopen.
+	st = open(t, path)
+	defer st.Close()
+	all, err := st.Issuances(ctx, store.IssuanceQuery{})
+	require.NoError(t, err)
+	require.Len(t, all, writers*each)
+
+	some, err := st.Issuances(ctx, store.IssuanceQuery{SPIFFEID: "spiffe://td/w1", Limit: 7})
+	require.NoError(t, err)
+	require.Len(t, some, 7)
+	for _, r := range some {
+		require.Equal(t, "spiffe://td/w1", r.SPIFFEID)
+	}
+
+	require.NoError(t, st.RecordIssuance(ctx, store.Issuance{Serial: "newest"}))
+	latest, err := st.Issuances(ctx, store.IssuanceQuery{Limit: 1})
+	require.NoError(t, err)
+	require.Equal(t, "newest", latest[0].Serial, "newest first")
+}
+
+func TestOpenRefusesAndLeavesFileUnchanged(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		prepare func(t *testing.T, path string) (cleanup func())
+		wantMsg string
+	}{
+		{
+			name: "locked by another process",
+			prepare: func(t *testing.T, path string) func() {
+				st := open(t, path)
+				return func() { _ = st.Close() }
+			},
+			wantMsg: "is locked by another process",
+		},
+		{
+			name: "garbage",
+			prepare: func(t *testing.T, path string) func() {
+				require.NoError(t, os.WriteFile(path, bytes.Repeat([]byte("garbage!"), 2048), 0o600))
+				return func() {}
+			},
+			wantMsg: "is corrupt",
+		},
+		{
+			name: "meta pages overwritten",
+			prepare: func(t *testing.T, path string) func() {
+				st := open(t, path)
+				require.NoError(t, st.Close())
+				f, err := os.OpenFile(path, os.O_WRONLY, 0)
+				require.NoError(t, err)
+				_, err = f.WriteAt(bytes.Repeat([]byte{0xA5}, 64), 16)
+				require.NoError(t, err)
+				_, err = f.WriteAt(bytes.Repeat([]byte{0xA5}, 64), 4096+16)
+				require.NoError(t, err)
+				require.NoError(t, f.Close())
+				return func() {}
+			},
+			wantMsg: "is corrupt",
+		},
+		{
+			name: "newer schema",
+			prepare: func(t *testing.T, path string) func() {
+				st := open(t, path)
+				require.NoError(t, st.Close())
+				db, err := bolt.Open(path, 0o600, nil)
+				require.NoError(t, err)
+				require.NoError(t, db.Update(func(tx *bolt.Tx) error {
+					return tx.Bucket([]byte("meta")).Put([]byte("schema_version"), []byte("99"))
+				}))
+				require.NoError(t, db.Close())
+				return func() {}
+			},
+			wantMsg: "has schema version 99, newer than 1",
+		},
+		{
+			name: "not a meshca store",
+			prepare: func(t *testing.T, path string) func() {
+				db, err := bolt.Open(path, 0o600, nil)
+				require.NoError(t, err)
+				require.NoError(t, db.Update(func(tx *bolt.Tx) error {
+					_, err := tx.CreateBucket([]byte("other"))
+					return err
+				}))
+				require.NoError(t, db.Close())
+				return func() {}
+			},
+			wantMsg: "is not a meshca store",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "meshca.db")
+			cleanup := tc.prepare(t, path)
+			defer cleanup()
+			before, err := os.ReadFile(path)
+			require.NoError(t, err)
+
+			_, err = store.OpenBolt(path, store.BoltOptions{LockTimeout: 100 * time.Millisecond})
+			require.ErrorContains(t, err, tc.wantMsg)
+			require.ErrorContains(t, err, path, "the error names the file")
+
+			after, err := os.ReadFile(path)
+			require.NoError(t, err)
+			require.True(t, bytes.Equal(before, after), "the file was modified")
+		})
+	}
+}
