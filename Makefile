@@ -1,7 +1,7 @@
 # meshca build and test entry points. `make test` is the whole suite, as CI runs it.
 GO ?= go
 
-.PHONY: build test lint unit bench genproto
+.PHONY: build test lint unit kube bench genproto
 
 build:
 	$(GO) build -o bin/meshca ./cmd/meshca
@@ -13,7 +13,11 @@ test: lint unit
 lint:
 	hack/lint.sh
 
-unit:
+## kube: build (or reuse from the cache) the kube-apiserver and etcd the tests start.
+kube:
+	test/kube/build.sh >/dev/null
+
+unit: kube
 	$(GO) test -race -count=1 -timeout 20m ./...
 
 ## bench: issuance benchmarks beside the standard library's CreateCertificate rate.

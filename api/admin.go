@@ -24,6 +24,7 @@ type Authority interface {
 	Authorities() []ca.AuthorityStatus
 	Bundle() *x509bundle.Bundle
 	IssueX509SVID(ctx context.Context, p ca.X509SVIDParams) (*ca.X509SVID, error)
+	Prepare(ctx context.Context) (ca.AuthorityStatus, error)
 }
 
 // AuditLog reads the issuance audit log.
@@ -63,17 +64,31 @@ func (a *Admin) GetStatus(ctx context.Context, _ *meshcav1.GetStatusRequest) (
 	*meshcav1.GetStatusResponse, error) {
 	resp := &meshcav1.GetStatusResponse{TrustDomain: a.ca.TrustDomain().Name()}
 	for _, s := range a.ca.Authorities() {
-		resp.Authorities = append(resp.Authorities, &meshcav1.Authority{
-			Id:                s.ID,
-			State:             string(s.State),
-			Subject:           s.Subject,
-			FingerprintSha256: s.Fingerprint,
-			NotBefore:         timestamppb.New(s.NotBefore),
-			NotAfter:          timestamppb.New(s.NotAfter),
-			Root:              s.Root,
-		})
+		resp.Authorities = append(resp.Authorities, authorityProto(s))
 	}
 	return resp, nil
+}
+
+// PrepareAuthority implements meshcav1.AdminServiceServer.
+func (a *Admin) PrepareAuthority(ctx context.Context, _ *meshcav1.PrepareAuthorityRequest) (
+	*meshcav1.PrepareAuthorityResponse, error) {
+	st, err := a.ca.Prepare(ctx)
+	if err != nil {
+		return nil, ToStatus(ctx, a.log, "prepare authority", err)
+	}
+	return &meshcav1.PrepareAuthorityResponse{Authority: authorityProto(st)}, nil
+}
+
+func authorityProto(s ca.AuthorityStatus) *meshcav1.Authority {
+	return &meshcav1.Authority{
+		Id:                s.ID,
+		State:             string(s.State),
+		Subject:           s.Subject,
+		FingerprintSha256: s.Fingerprint,
+		NotBefore:         timestamppb.New(s.NotBefore),
+		NotAfter:          timestamppb.New(s.NotAfter),
+		Root:              s.Root,
+	}
 }
 
 // GetBundle implements meshcav1.AdminServiceServer.
@@ -91,18 +106,18 @@ func (a *Admin) MintX509SVID(ctx context.Context, req *meshcav1.MintX509SVIDRequ
 	*meshcav1.MintX509SVIDResponse, error) {
 	id, err := ca.ParseSPIFFEID(req.GetSpiffeId())
 	if err != nil {
-		return nil, toStatus(ctx, a.log, "mint", err)
+		return nil, ToStatus(ctx, a.log, "mint", err)
 	}
 	pub, err := x509.ParsePKIXPublicKey(req.GetPublicKey())
 	if err != nil {
 		err = fmt.Errorf("public key is not PKIX DER: %w: %w", err, ca.ErrInvalidRequest)
-		return nil, toStatus(ctx, a.log, "mint", err)
+		return nil, ToStatus(ctx, a.log, "mint", err)
 	}
 	svid, err := a.ca.IssueX509SVID(ctx, ca.X509SVIDParams{
 		ID: id, PublicKey: pub, TTL: req.GetTtl().AsDuration(), Requester: "admin",
 	})
 	if err != nil {
-		return nil, toStatus(ctx, a.log, "mint", err)
+		return nil, ToStatus(ctx, a.log, "mint", err)
 	}
 	return &meshcav1.MintX509SVIDResponse{
 		SpiffeId:  id.String(),
@@ -123,7 +138,7 @@ func (a *Admin) ListIssuances(ctx context.Context, req *meshcav1.ListIssuancesRe
 		SPIFFEID: req.GetSpiffeId(), Limit: limit,
 	})
 	if err != nil {
-		return nil, toStatus(ctx, a.log, "list issuances", err)
+		return nil, ToStatus(ctx, a.log, "list issuances", err)
 	}
 	resp := &meshcav1.ListIssuancesResponse{}
 	for _, r := range recs {

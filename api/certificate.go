@@ -15,8 +15,9 @@ import (
 	"github.com/meshca/meshca/ca"
 )
 
-// errPermissionDenied marks a request for something the caller may not have.
-var errPermissionDenied = errors.New("permission denied")
+// ErrPermissionDenied marks a request for something the caller may not have; it
+// maps to PermissionDenied.
+var ErrPermissionDenied = errors.New("permission denied")
 
 // Authenticator turns a bearer token into the identity Kubernetes vouches for.
 type Authenticator interface {
@@ -55,18 +56,18 @@ func (s *Certificates) SignX509SVID(ctx context.Context, req *meshcav1.SignX509S
 	*meshcav1.SignX509SVIDResponse, error) {
 	ident, err := Authenticate(ctx, s.auth)
 	if err != nil {
-		return nil, toStatus(ctx, s.log, "sign", err)
+		return nil, ToStatus(ctx, s.log, "sign", err)
 	}
 	csr, err := checkCSR(req.GetCsr(), ident)
 	if err != nil {
-		return nil, toStatus(ctx, s.log, "sign", err)
+		return nil, ToStatus(ctx, s.log, "sign", err)
 	}
 	svid, err := s.ca.IssueX509SVID(ctx, ca.X509SVIDParams{
 		ID: ident.ID, PublicKey: csr.PublicKey, TTL: req.GetTtl().AsDuration(),
 		Requester: ident.String(),
 	})
 	if err != nil {
-		return nil, toStatus(ctx, s.log, "sign", err)
+		return nil, ToStatus(ctx, s.log, "sign", err)
 	}
 	return &meshcav1.SignX509SVIDResponse{
 		SpiffeId:  ident.ID.String(),
@@ -109,14 +110,14 @@ func checkCSR(der []byte, ident ca.Identity) (*x509.CertificateRequest, error) {
 	}
 	if len(csr.DNSNames) > 0 || len(csr.IPAddresses) > 0 || len(csr.EmailAddresses) > 0 {
 		return nil, fmt.Errorf("CSR asks for DNS, IP or email SANs; only the caller's "+
-			"SPIFFE ID is allowed: %w", errPermissionDenied)
+			"SPIFFE ID is allowed: %w", ErrPermissionDenied)
 	}
 	switch {
 	case len(csr.URIs) == 0:
 	case len(csr.URIs) == 1 && csr.URIs[0].String() == ident.ID.String():
 	default:
 		return nil, fmt.Errorf("CSR asks for URI SANs %q; the caller may only have %q: %w",
-			csr.URIs, ident.ID, errPermissionDenied)
+			csr.URIs, ident.ID, ErrPermissionDenied)
 	}
 	return csr, nil
 }

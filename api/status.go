@@ -15,11 +15,12 @@ import (
 // reason is logged, never told to a caller that might be probing.
 const msgUnauthenticated = "authentication failed"
 
-// toStatus turns an error from the CA or the store into a gRPC status. Client
-// mistakes keep their message, which names what is wrong and holds no secret; our
-// own faults are logged with their cause and reach the caller as a bare "internal
-// error".
-func toStatus(ctx context.Context, log *slog.Logger, op string, err error) error {
+// ToStatus turns an error from the CA, the store or a stream handler into a gRPC
+// status; op names the operation in the log line. It is the one place where meshca
+// decides what a caller is told. Client mistakes keep their message, which names
+// what is wrong and holds no secret; our own faults are logged with their cause and
+// reach the caller as a bare "internal error".
+func ToStatus(ctx context.Context, log *slog.Logger, op string, err error) error {
 	code, msg := classify(err)
 	switch code {
 	case codes.Internal:
@@ -40,7 +41,7 @@ func classify(err error) (codes.Code, string) {
 		return codes.Unauthenticated, msgUnauthenticated
 	case errors.Is(err, ca.ErrAuthUnavailable):
 		return codes.Unavailable, "token authentication unavailable, retry later"
-	case errors.Is(err, errPermissionDenied):
+	case errors.Is(err, ErrPermissionDenied):
 		return codes.PermissionDenied, err.Error()
 	case errors.Is(err, ca.ErrInvalidRequest):
 		return codes.InvalidArgument, err.Error()

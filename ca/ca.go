@@ -61,11 +61,13 @@ type CA struct {
 	log *slog.Logger
 	now func() time.Time
 
-	// mu guards active and all. Writers replace the slices and pointers whole; readers
-	// copy what they need under RLock and never mutate it.
+	// mu guards active, all and bundleChanged. Writers replace the slices and
+	// pointers whole; readers copy what they need under RLock and never mutate it.
 	mu     sync.RWMutex
 	active *authority
 	all    []*authority
+	// bundleChanged is closed, and replaced, whenever the trust bundle changes.
+	bundleChanged chan struct{}
 }
 
 // New loads the authorities from the store, or on the first start creates (or
@@ -79,7 +81,7 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 		return nil, errors.New("store is required")
 	}
 	cfg = withDefaults(cfg)
-	c := &CA{cfg: cfg, log: cfg.Logger, now: cfg.Clock}
+	c := &CA{cfg: cfg, log: cfg.Logger, now: cfg.Clock, bundleChanged: make(chan struct{})}
 
 	stored, err := cfg.Store.Authorities(ctx)
 	if err != nil {
@@ -185,8 +187,52 @@ func (c *CA) load(stored []store.Authority) error {
 
 	c.mu.Lock()
 	c.active, c.all = active, all
+	close(c.bundleChanged)
+	c.bundleChanged = make(chan struct{})
 	c.mu.Unlock()
 	return nil
+}
+
+// WatchBundle returns the current trust bundle and a channel that is closed when it
+// changes; call again after that to get the new bundle and the next channel.
+func (c *CA) WatchBundle() (*x509bundle.Bundle, <-chan struct{}) {
+	c.mu.RLock()
+	ch := c.bundleChanged
+	c.mu.RUnlock()
+	// The bundle is read after the channel: a change in between closes ch, so the
+	// caller sees it at once rather than missing it.
+	return c.Bundle(), ch
+}
+
+// Prepare creates a new root in the prepared state: trusted, in every bundle, not
+// signing yet. Watchers of the bundle are told at once.
+//
+// TODO: this is the first step of rotation only; activate, retire and remove, with
+// their safety checks, are still to come, so a prepared root never signs yet.
+func (c *CA) Prepare(ctx context.Context) (AuthorityStatus, error) {
+	a, err := generateRoot(c.cfg.TrustDomain, c.cfg.KeyType, c.cfg.RootTTL, c.cfg.Backdate,
+		c.now())
+	if err != nil {
+		return AuthorityStatus{}, err
+	}
+	a.State = store.StatePrepared
+	if err := c.cfg.Store.CreateAuthority(ctx, a); err != nil {
+		return AuthorityStatus{}, fmt.Errorf("failed to store prepared authority: %w", err)
+	}
+	stored, err := c.cfg.Store.Authorities(ctx)
+	if err != nil {
+		return AuthorityStatus{}, fmt.Errorf("failed to read authorities: %w", err)
+	}
+	if err := c.load(stored); err != nil {
+		return AuthorityStatus{}, err
+	}
+	c.log.Info("Prepared a new root", "authority_id", a.ID)
+	for _, st := range c.Authorities() {
+		if st.ID == a.ID {
+			return st, nil
+		}
+	}
+	return AuthorityStatus{}, fmt.Errorf("prepared authority %q vanished", a.ID)
 }
 
 // TrustDomain returns the CA's trust domain.

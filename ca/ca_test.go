@@ -316,3 +316,29 @@ func TestConcurrentIssuanceHasUniqueSerials(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, recs, workers*perWorker, "every issuance has its audit record")
 }
+
+func TestPrepareAddsRootToBundleAndWakesWatchers(t *testing.T) {
+	c, _ := newCA(t, ca.Config{})
+	before, changed := c.WatchBundle()
+	require.Len(t, before.X509Authorities(), 1)
+
+	prepared, err := c.Prepare(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, store.StatePrepared, prepared.State)
+	select {
+	case <-changed:
+	default:
+		t.Fatal("bundle watchers were not woken")
+	}
+	after, _ := c.WatchBundle()
+	require.Len(t, after.X509Authorities(), 2)
+
+	// The active root still signs.
+	key := testutil.MustKey(t, ca.KeyECP256)
+	svid, err := c.IssueX509SVID(context.Background(), ca.X509SVIDParams{
+		ID: spiffeid.RequireFromString("spiffe://cluster.local/ns/a/sa/b"), PublicKey: key.Public(),
+	})
+	require.NoError(t, err)
+	require.NotEqual(t, prepared.ID, svid.AuthorityID)
+	verifySVID(t, c, svid)
+}

@@ -46,6 +46,9 @@ type Identity struct {
 	ServiceAccount string
 	PodName        string
 	PodUID         string
+	// TokenExpiry is when the token that proved the identity expires; zero when
+	// the token carries no expiry. Streams authenticated by it end then.
+	TokenExpiry time.Time
 }
 
 // String names the identity for audit logs.
@@ -223,6 +226,9 @@ func (r *TokenReviewer) review(ctx context.Context, token string) (Identity, err
 		return Identity{}, err
 	}
 	r.metrics.Reviewed("authenticated")
+	if exp, ok := tokenExpiry(token); ok {
+		id.TokenExpiry = exp
+	}
 	return id, nil
 }
 

@@ -26,6 +26,86 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type PrepareAuthorityRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrepareAuthorityRequest) Reset() {
+	*x = PrepareAuthorityRequest{}
+	mi := &file_meshca_v1_admin_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrepareAuthorityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrepareAuthorityRequest) ProtoMessage() {}
+
+func (x *PrepareAuthorityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_admin_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrepareAuthorityRequest.ProtoReflect.Descriptor instead.
+func (*PrepareAuthorityRequest) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+type PrepareAuthorityResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Authority     *Authority             `protobuf:"bytes,1,opt,name=authority,proto3" json:"authority,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrepareAuthorityResponse) Reset() {
+	*x = PrepareAuthorityResponse{}
+	mi := &file_meshca_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrepareAuthorityResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrepareAuthorityResponse) ProtoMessage() {}
+
+func (x *PrepareAuthorityResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrepareAuthorityResponse.ProtoReflect.Descriptor instead.
+func (*PrepareAuthorityResponse) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *PrepareAuthorityResponse) GetAuthority() *Authority {
+	if x != nil {
+		return x.Authority
+	}
+	return nil
+}
+
 type GetStatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -34,7 +114,7 @@ type GetStatusRequest struct {
 
 func (x *GetStatusRequest) Reset() {
 	*x = GetStatusRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[0]
+	mi := &file_meshca_v1_admin_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -46,7 +126,7 @@ func (x *GetStatusRequest) String() string {
 func (*GetStatusRequest) ProtoMessage() {}
 
 func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[0]
+	mi := &file_meshca_v1_admin_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -59,7 +139,7 @@ func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetStatusRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{0}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{2}
 }
 
 type GetStatusResponse struct {
@@ -74,7 +154,7 @@ type GetStatusResponse struct {
 
 func (x *GetStatusResponse) Reset() {
 	*x = GetStatusResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[1]
+	mi := &file_meshca_v1_admin_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -86,7 +166,7 @@ func (x *GetStatusResponse) String() string {
 func (*GetStatusResponse) ProtoMessage() {}
 
 func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[1]
+	mi := &file_meshca_v1_admin_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -99,7 +179,7 @@ func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetStatusResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *GetStatusResponse) GetTrustDomain() string {
@@ -135,7 +215,7 @@ type Authority struct {
 
 func (x *Authority) Reset() {
 	*x = Authority{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[2]
+	mi := &file_meshca_v1_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -147,7 +227,7 @@ func (x *Authority) String() string {
 func (*Authority) ProtoMessage() {}
 
 func (x *Authority) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[2]
+	mi := &file_meshca_v1_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -160,7 +240,7 @@ func (x *Authority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authority.ProtoReflect.Descriptor instead.
 func (*Authority) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Authority) GetId() string {
@@ -220,7 +300,7 @@ type GetBundleRequest struct {
 
 func (x *GetBundleRequest) Reset() {
 	*x = GetBundleRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[3]
+	mi := &file_meshca_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -232,7 +312,7 @@ func (x *GetBundleRequest) String() string {
 func (*GetBundleRequest) ProtoMessage() {}
 
 func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[3]
+	mi := &file_meshca_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -245,7 +325,7 @@ func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetBundleRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 type GetBundleResponse struct {
@@ -259,7 +339,7 @@ type GetBundleResponse struct {
 
 func (x *GetBundleResponse) Reset() {
 	*x = GetBundleResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[4]
+	mi := &file_meshca_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -271,7 +351,7 @@ func (x *GetBundleResponse) String() string {
 func (*GetBundleResponse) ProtoMessage() {}
 
 func (x *GetBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[4]
+	mi := &file_meshca_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -284,7 +364,7 @@ func (x *GetBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleResponse.ProtoReflect.Descriptor instead.
 func (*GetBundleResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetBundleResponse) GetTrustDomain() string {
@@ -315,7 +395,7 @@ type MintX509SVIDRequest struct {
 
 func (x *MintX509SVIDRequest) Reset() {
 	*x = MintX509SVIDRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[5]
+	mi := &file_meshca_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -327,7 +407,7 @@ func (x *MintX509SVIDRequest) String() string {
 func (*MintX509SVIDRequest) ProtoMessage() {}
 
 func (x *MintX509SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[5]
+	mi := &file_meshca_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -340,7 +420,7 @@ func (x *MintX509SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintX509SVIDRequest.ProtoReflect.Descriptor instead.
 func (*MintX509SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *MintX509SVIDRequest) GetSpiffeId() string {
@@ -378,7 +458,7 @@ type MintX509SVIDResponse struct {
 
 func (x *MintX509SVIDResponse) Reset() {
 	*x = MintX509SVIDResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[6]
+	mi := &file_meshca_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -390,7 +470,7 @@ func (x *MintX509SVIDResponse) String() string {
 func (*MintX509SVIDResponse) ProtoMessage() {}
 
 func (x *MintX509SVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[6]
+	mi := &file_meshca_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -403,7 +483,7 @@ func (x *MintX509SVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintX509SVIDResponse.ProtoReflect.Descriptor instead.
 func (*MintX509SVIDResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *MintX509SVIDResponse) GetSpiffeId() string {
@@ -446,7 +526,7 @@ type ListIssuancesRequest struct {
 
 func (x *ListIssuancesRequest) Reset() {
 	*x = ListIssuancesRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[7]
+	mi := &file_meshca_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -458,7 +538,7 @@ func (x *ListIssuancesRequest) String() string {
 func (*ListIssuancesRequest) ProtoMessage() {}
 
 func (x *ListIssuancesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[7]
+	mi := &file_meshca_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -471,7 +551,7 @@ func (x *ListIssuancesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIssuancesRequest.ProtoReflect.Descriptor instead.
 func (*ListIssuancesRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListIssuancesRequest) GetSpiffeId() string {
@@ -497,7 +577,7 @@ type ListIssuancesResponse struct {
 
 func (x *ListIssuancesResponse) Reset() {
 	*x = ListIssuancesResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[8]
+	mi := &file_meshca_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -509,7 +589,7 @@ func (x *ListIssuancesResponse) String() string {
 func (*ListIssuancesResponse) ProtoMessage() {}
 
 func (x *ListIssuancesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[8]
+	mi := &file_meshca_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -522,7 +602,7 @@ func (x *ListIssuancesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIssuancesResponse.ProtoReflect.Descriptor instead.
 func (*ListIssuancesResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListIssuancesResponse) GetIssuances() []*Issuance {
@@ -550,7 +630,7 @@ type Issuance struct {
 
 func (x *Issuance) Reset() {
 	*x = Issuance{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[9]
+	mi := &file_meshca_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -562,7 +642,7 @@ func (x *Issuance) String() string {
 func (*Issuance) ProtoMessage() {}
 
 func (x *Issuance) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[9]
+	mi := &file_meshca_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -575,7 +655,7 @@ func (x *Issuance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Issuance.ProtoReflect.Descriptor instead.
 func (*Issuance) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Issuance) GetSerial() string {
@@ -631,7 +711,10 @@ var File_meshca_v1_admin_proto protoreflect.FileDescriptor
 
 const file_meshca_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x15meshca/v1/admin.proto\x12\tmeshca.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n" +
+	"\x15meshca/v1/admin.proto\x12\tmeshca.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x19\n" +
+	"\x17PrepareAuthorityRequest\"N\n" +
+	"\x18PrepareAuthorityResponse\x122\n" +
+	"\tauthority\x18\x01 \x01(\v2\x14.meshca.v1.AuthorityR\tauthority\"\x12\n" +
 	"\x10GetStatusRequest\"n\n" +
 	"\x11GetStatusResponse\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x126\n" +
@@ -673,12 +756,13 @@ const file_meshca_v1_admin_proto_rawDesc = "" +
 	"not_before\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x127\n" +
 	"\tnot_after\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x127\n" +
 	"\tissued_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\bissuedAt\x12\x1c\n" +
-	"\trequester\x18\a \x01(\tR\trequester2\xc3\x02\n" +
+	"\trequester\x18\a \x01(\tR\trequester2\xa0\x03\n" +
 	"\fAdminService\x12F\n" +
 	"\tGetStatus\x12\x1b.meshca.v1.GetStatusRequest\x1a\x1c.meshca.v1.GetStatusResponse\x12F\n" +
 	"\tGetBundle\x12\x1b.meshca.v1.GetBundleRequest\x1a\x1c.meshca.v1.GetBundleResponse\x12O\n" +
 	"\fMintX509SVID\x12\x1e.meshca.v1.MintX509SVIDRequest\x1a\x1f.meshca.v1.MintX509SVIDResponse\x12R\n" +
-	"\rListIssuances\x12\x1f.meshca.v1.ListIssuancesRequest\x1a .meshca.v1.ListIssuancesResponseB0Z.github.com/meshca/meshca/api/meshcav1;meshcav1b\x06proto3"
+	"\rListIssuances\x12\x1f.meshca.v1.ListIssuancesRequest\x1a .meshca.v1.ListIssuancesResponse\x12[\n" +
+	"\x10PrepareAuthority\x12\".meshca.v1.PrepareAuthorityRequest\x1a#.meshca.v1.PrepareAuthorityResponseB0Z.github.com/meshca/meshca/api/meshcav1;meshcav1b\x06proto3"
 
 var (
 	file_meshca_v1_admin_proto_rawDescOnce sync.Once
@@ -692,44 +776,49 @@ func file_meshca_v1_admin_proto_rawDescGZIP() []byte {
 	return file_meshca_v1_admin_proto_rawDescData
 }
 
-var file_meshca_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_meshca_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_meshca_v1_admin_proto_goTypes = []any{
-	(*GetStatusRequest)(nil),      // 0: meshca.v1.GetStatusRequest
-	(*GetStatusResponse)(nil),     // 1: meshca.v1.GetStatusResponse
-	(*Authority)(nil),             // 2: meshca.v1.Authority
-	(*GetBundleRequest)(nil),      // 3: meshca.v1.GetBundleRequest
-	(*GetBundleResponse)(nil),     // 4: meshca.v1.GetBundleResponse
-	(*MintX509SVIDRequest)(nil),   // 5: meshca.v1.MintX509SVIDRequest
-	(*MintX509SVIDResponse)(nil),  // 6: meshca.v1.MintX509SVIDResponse
-	(*ListIssuancesRequest)(nil),  // 7: meshca.v1.ListIssuancesRequest
-	(*ListIssuancesResponse)(nil), // 8: meshca.v1.ListIssuancesResponse
-	(*Issuance)(nil),              // 9: meshca.v1.Issuance
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 11: google.protobuf.Duration
+	(*PrepareAuthorityRequest)(nil),  // 0: meshca.v1.PrepareAuthorityRequest
+	(*PrepareAuthorityResponse)(nil), // 1: meshca.v1.PrepareAuthorityResponse
+	(*GetStatusRequest)(nil),         // 2: meshca.v1.GetStatusRequest
+	(*GetStatusResponse)(nil),        // 3: meshca.v1.GetStatusResponse
+	(*Authority)(nil),                // 4: meshca.v1.Authority
+	(*GetBundleRequest)(nil),         // 5: meshca.v1.GetBundleRequest
+	(*GetBundleResponse)(nil),        // 6: meshca.v1.GetBundleResponse
+	(*MintX509SVIDRequest)(nil),      // 7: meshca.v1.MintX509SVIDRequest
+	(*MintX509SVIDResponse)(nil),     // 8: meshca.v1.MintX509SVIDResponse
+	(*ListIssuancesRequest)(nil),     // 9: meshca.v1.ListIssuancesRequest
+	(*ListIssuancesResponse)(nil),    // 10: meshca.v1.ListIssuancesResponse
+	(*Issuance)(nil),                 // 11: meshca.v1.Issuance
+	(*timestamppb.Timestamp)(nil),    // 12: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),      // 13: google.protobuf.Duration
 }
 var file_meshca_v1_admin_proto_depIdxs = []int32{
-	2,  // 0: meshca.v1.GetStatusResponse.authorities:type_name -> meshca.v1.Authority
-	10, // 1: meshca.v1.Authority.not_before:type_name -> google.protobuf.Timestamp
-	10, // 2: meshca.v1.Authority.not_after:type_name -> google.protobuf.Timestamp
-	11, // 3: meshca.v1.MintX509SVIDRequest.ttl:type_name -> google.protobuf.Duration
-	10, // 4: meshca.v1.MintX509SVIDResponse.not_after:type_name -> google.protobuf.Timestamp
-	9,  // 5: meshca.v1.ListIssuancesResponse.issuances:type_name -> meshca.v1.Issuance
-	10, // 6: meshca.v1.Issuance.not_before:type_name -> google.protobuf.Timestamp
-	10, // 7: meshca.v1.Issuance.not_after:type_name -> google.protobuf.Timestamp
-	10, // 8: meshca.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
-	0,  // 9: meshca.v1.AdminService.GetStatus:input_type -> meshca.v1.GetStatusRequest
-	3,  // 10: meshca.v1.AdminService.GetBundle:input_type -> meshca.v1.GetBundleRequest
-	5,  // 11: meshca.v1.AdminService.MintX509SVID:input_type -> meshca.v1.MintX509SVIDRequest
-	7,  // 12: meshca.v1.AdminService.ListIssuances:input_type -> meshca.v1.ListIssuancesRequest
-	1,  // 13: meshca.v1.AdminService.GetStatus:output_type -> meshca.v1.GetStatusResponse
-	4,  // 14: meshca.v1.AdminService.GetBundle:output_type -> meshca.v1.GetBundleResponse
-	6,  // 15: meshca.v1.AdminService.MintX509SVID:output_type -> meshca.v1.MintX509SVIDResponse
-	8,  // 16: meshca.v1.AdminService.ListIssuances:output_type -> meshca.v1.ListIssuancesResponse
-	13, // [13:17] is the sub-list for method output_type
-	9,  // [9:13] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	4,  // 0: meshca.v1.PrepareAuthorityResponse.authority:type_name -> meshca.v1.Authority
+	4,  // 1: meshca.v1.GetStatusResponse.authorities:type_name -> meshca.v1.Authority
+	12, // 2: meshca.v1.Authority.not_before:type_name -> google.protobuf.Timestamp
+	12, // 3: meshca.v1.Authority.not_after:type_name -> google.protobuf.Timestamp
+	13, // 4: meshca.v1.MintX509SVIDRequest.ttl:type_name -> google.protobuf.Duration
+	12, // 5: meshca.v1.MintX509SVIDResponse.not_after:type_name -> google.protobuf.Timestamp
+	11, // 6: meshca.v1.ListIssuancesResponse.issuances:type_name -> meshca.v1.Issuance
+	12, // 7: meshca.v1.Issuance.not_before:type_name -> google.protobuf.Timestamp
+	12, // 8: meshca.v1.Issuance.not_after:type_name -> google.protobuf.Timestamp
+	12, // 9: meshca.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
+	2,  // 10: meshca.v1.AdminService.GetStatus:input_type -> meshca.v1.GetStatusRequest
+	5,  // 11: meshca.v1.AdminService.GetBundle:input_type -> meshca.v1.GetBundleRequest
+	7,  // 12: meshca.v1.AdminService.MintX509SVID:input_type -> meshca.v1.MintX509SVIDRequest
+	9,  // 13: meshca.v1.AdminService.ListIssuances:input_type -> meshca.v1.ListIssuancesRequest
+	0,  // 14: meshca.v1.AdminService.PrepareAuthority:input_type -> meshca.v1.PrepareAuthorityRequest
+	3,  // 15: meshca.v1.AdminService.GetStatus:output_type -> meshca.v1.GetStatusResponse
+	6,  // 16: meshca.v1.AdminService.GetBundle:output_type -> meshca.v1.GetBundleResponse
+	8,  // 17: meshca.v1.AdminService.MintX509SVID:output_type -> meshca.v1.MintX509SVIDResponse
+	10, // 18: meshca.v1.AdminService.ListIssuances:output_type -> meshca.v1.ListIssuancesResponse
+	1,  // 19: meshca.v1.AdminService.PrepareAuthority:output_type -> meshca.v1.PrepareAuthorityResponse
+	15, // [15:20] is the sub-list for method output_type
+	10, // [10:15] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_meshca_v1_admin_proto_init() }
@@ -743,7 +832,7 @@ func file_meshca_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshca_v1_admin_proto_rawDesc), len(file_meshca_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,10 +22,11 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_GetStatus_FullMethodName     = "/meshca.v1.AdminService/GetStatus"
-	AdminService_GetBundle_FullMethodName     = "/meshca.v1.AdminService/GetBundle"
-	AdminService_MintX509SVID_FullMethodName  = "/meshca.v1.AdminService/MintX509SVID"
-	AdminService_ListIssuances_FullMethodName = "/meshca.v1.AdminService/ListIssuances"
+	AdminService_GetStatus_FullMethodName        = "/meshca.v1.AdminService/GetStatus"
+	AdminService_GetBundle_FullMethodName        = "/meshca.v1.AdminService/GetBundle"
+	AdminService_MintX509SVID_FullMethodName     = "/meshca.v1.AdminService/MintX509SVID"
+	AdminService_ListIssuances_FullMethodName    = "/meshca.v1.AdminService/ListIssuances"
+	AdminService_PrepareAuthority_FullMethodName = "/meshca.v1.AdminService/PrepareAuthority"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -43,6 +44,10 @@ type AdminServiceClient interface {
 	MintX509SVID(ctx context.Context, in *MintX509SVIDRequest, opts ...grpc.CallOption) (*MintX509SVIDResponse, error)
 	// ListIssuances reads the issuance audit log, newest first.
 	ListIssuances(ctx context.Context, in *ListIssuancesRequest, opts ...grpc.CallOption) (*ListIssuancesResponse, error)
+	// PrepareAuthority creates the next root in the prepared state: trusted and
+	// pushed to every open stream at once, not signing yet. The first step of a
+	// rotation.
+	PrepareAuthority(ctx context.Context, in *PrepareAuthorityRequest, opts ...grpc.CallOption) (*PrepareAuthorityResponse, error)
 }
 
 type adminServiceClient struct {
@@ -93,6 +98,16 @@ func (c *adminServiceClient) ListIssuances(ctx context.Context, in *ListIssuance
 	return out, nil
 }
 
+func (c *adminServiceClient) PrepareAuthority(ctx context.Context, in *PrepareAuthorityRequest, opts ...grpc.CallOption) (*PrepareAuthorityResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PrepareAuthorityResponse)
+	err := c.cc.Invoke(ctx, AdminService_PrepareAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -108,6 +123,10 @@ type AdminServiceServer interface {
 	MintX509SVID(context.Context, *MintX509SVIDRequest) (*MintX509SVIDResponse, error)
 	// ListIssuances reads the issuance audit log, newest first.
 	ListIssuances(context.Context, *ListIssuancesRequest) (*ListIssuancesResponse, error)
+	// PrepareAuthority creates the next root in the prepared state: trusted and
+	// pushed to every open stream at once, not signing yet. The first step of a
+	// rotation.
+	PrepareAuthority(context.Context, *PrepareAuthorityRequest) (*PrepareAuthorityResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -129,6 +148,9 @@ func (UnimplementedAdminServiceServer) MintX509SVID(context.Context, *MintX509SV
 }
 func (UnimplementedAdminServiceServer) ListIssuances(context.Context, *ListIssuancesRequest) (*ListIssuancesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListIssuances not implemented")
+}
+func (UnimplementedAdminServiceServer) PrepareAuthority(context.Context, *PrepareAuthorityRequest) (*PrepareAuthorityResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PrepareAuthority not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -223,6 +245,24 @@ func _AdminService_ListIssuances_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_PrepareAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PrepareAuthorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).PrepareAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_PrepareAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).PrepareAuthority(ctx, req.(*PrepareAuthorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -245,6 +285,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListIssuances",
 			Handler:    _AdminService_ListIssuances_Handler,
+		},
+		{
+			MethodName: "PrepareAuthority",
+			Handler:    _AdminService_PrepareAuthority_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

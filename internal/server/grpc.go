@@ -8,7 +8,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"time"
 
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	secretservice "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
@@ -19,6 +22,7 @@ import (
 	"github.com/meshca/meshca/api/meshcav1"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/xds"
 )
 
 // grpcServer is a gRPC server bound to its listener, with Run(ctx) error.
@@ -43,14 +47,29 @@ func (g *grpcServer) Run(ctx context.Context) error {
 		return fmt.Errorf("%s server stopped: %w", g.name, err)
 	case <-ctx.Done():
 		g.health.Shutdown()
-		g.srv.GracefulStop()
+		// Discovery streams never end by themselves: give unary calls a moment to
+		// finish, then cut the streams so clients reconnect elsewhere.
+		stopped := make(chan struct{})
+		go func() {
+			g.srv.GracefulStop()
+			close(stopped)
+		}()
+		select {
+		case <-stopped:
+		case <-time.After(gracePeriod):
+			g.srv.Stop()
+			<-stopped
+		}
 		return ctx.Err()
 	}
 }
 
+// gracePeriod is how long a stopping server waits for calls in flight.
+const gracePeriod = 2 * time.Second
+
 // newMainGRPC listens on the main TLS port with the gRPC health service.
 func newMainGRPC(addr string, serving *servingCert, m *metrics, log *slog.Logger,
-	certs meshcav1.CertificateServiceServer) (*grpcServer, error) {
+	certs meshcav1.CertificateServiceServer, discovery *xds.Server) (*grpcServer, error) {
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("failed to listen on gRPC address %q: %w", addr, err)
@@ -63,6 +82,8 @@ func newMainGRPC(addr string, serving *servingCert, m *metrics, log *slog.Logger
 	})
 	srv := grpc.NewServer(grpc.Creds(creds), grpc.ChainUnaryInterceptor(m.unaryInterceptor))
 	meshcav1.RegisterCertificateServiceServer(srv, certs)
+	secretservice.RegisterSecretDiscoveryServiceServer(srv, discovery)
+	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(srv, discovery)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv)

@@ -28,11 +28,16 @@ type KubeConfig struct {
 	Audience string
 	// CacheTTL bounds how long a good token review is reused.
 	CacheTTL time.Duration
+	// RESTConfig, when set, is used instead of any kubeconfig (tests and embedding).
+	RESTConfig *rest.Config
 }
 
 // restConfig resolves the Kubernetes client configuration; nil with no error means
 // no Kubernetes API is configured.
 func (k KubeConfig) restConfig() (*rest.Config, string, error) {
+	if k.RESTConfig != nil {
+		return k.limits(rest.CopyConfig(k.RESTConfig)), "REST config", nil
+	}
 	path := k.Kubeconfig
 	if path == "" {
 		cfg, err := rest.InClusterConfig()

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/xds"
 )
 
 // metrics are meshca's Prometheus metrics, registered on the server's own registry.
@@ -18,9 +19,15 @@ type metrics struct {
 	latency   *prometheus.HistogramVec
 	reviews   *prometheus.CounterVec
 	cacheHits prometheus.Counter
+	streams   prometheus.Gauge
+	pushes    *prometheus.CounterVec
+	nacks     *prometheus.CounterVec
 }
 
-var _ ca.ReviewMetrics = (*metrics)(nil)
+var (
+	_ ca.ReviewMetrics = (*metrics)(nil)
+	_ xds.Metrics      = (*metrics)(nil)
+)
 
 func newMetrics(reg *prometheus.Registry, authority *ca.CA) *metrics {
 	m := &metrics{
@@ -42,7 +49,19 @@ func newMetrics(reg *prometheus.Registry, authority *ca.CA) *metrics {
 			Help: "Token authentications answered from the review cache.",
 		}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.reviews, m.cacheHits,
+	m.streams = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "meshca_xds_streams",
+		Help: "Open discovery streams (SDS and ADS).",
+	})
+	m.pushes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshca_xds_pushes_total",
+		Help: "Discovery responses sent, by resource type.",
+	}, []string{"type_url"})
+	m.nacks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshca_xds_rejections_total",
+		Help: "Discovery responses the client rejected (NACK), by resource type.",
+	}, []string{"type_url"})
+	reg.MustRegister(m.requests, m.latency, m.reviews, m.cacheHits, m.streams, m.pushes, m.nacks,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		authorityExpiry(authority))
@@ -84,3 +103,15 @@ func (m *metrics) Reviewed(result string) { m.reviews.WithLabelValues(result).In
 
 // CacheHit implements ca.ReviewMetrics.
 func (m *metrics) CacheHit() { m.cacheHits.Inc() }
+
+// StreamOpened implements xds.Metrics.
+func (m *metrics) StreamOpened() { m.streams.Inc() }
+
+// StreamClosed implements xds.Metrics.
+func (m *metrics) StreamClosed() { m.streams.Dec() }
+
+// Pushed implements xds.Metrics.
+func (m *metrics) Pushed(typeURL string) { m.pushes.WithLabelValues(typeURL).Inc() }
+
+// Rejected implements xds.Metrics.
+func (m *metrics) Rejected(typeURL string) { m.nacks.WithLabelValues(typeURL).Inc() }

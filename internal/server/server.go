@@ -22,6 +22,7 @@ import (
 	"github.com/meshca/meshca/api"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/xds"
 )
 
 // StoreFileName is the bbolt file inside the data directory.
@@ -119,8 +120,13 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 
+	discovery := xds.New(xds.Config{
+		Auth: auth, CertTTL: s.cfg.CA.DefaultTTL, Logger: s.log, Metrics: metrics,
+	})
+	discovery.SetIssuer(authority)
 	mainGRPC, err := newMainGRPC(s.cfg.GRPCAddr, serving, metrics, s.log,
-		api.NewCertificates(api.CertificateConfig{CA: authority, Auth: auth, Logger: s.log}))
+		api.NewCertificates(api.CertificateConfig{CA: authority, Auth: auth, Logger: s.log}),
+		discovery)
 	if err != nil {
 		return err
 	}

@@ -100,3 +100,20 @@ func MustKey(t testing.TB, kt ca.KeyType) crypto.Signer {
 	}
 	return k
 }
+
+// ParsePEMCerts parses every CERTIFICATE block of a PEM bundle.
+func ParsePEMCerts(data []byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for {
+		var block *pem.Block
+		block, data = pem.Decode(data)
+		if block == nil {
+			return out, nil
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+}

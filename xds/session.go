@@ -1,0 +1,134 @@
+package xds
+
+import (
+	"context"
+	"crypto/sha256"
+
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/meshca/meshca/ca"
+)
+
+// session is what one stream serves: its identity, its certificate (acquired the
+// first time a certificate name is asked for) and the bundle it last saw.
+type session struct {
+	s     *Server
+	ident ca.Identity
+
+	cert        *certEntry
+	certCur     *workloadCert
+	certChanged <-chan struct{} // nil until a certificate is served
+
+	bundlePEM     []byte
+	bundleChanged <-chan struct{}
+}
+
+// namedResource is one resolved secret.
+type namedResource struct {
+	name string
+	any  *anypb.Any
+	hash [sha256.Size]byte
+}
+
+// wildcardNames is what a request with no names gets: every secret of the identity.
+var wildcardNames = []string{SecretDefault, SecretRootCA}
+
+func (s *Server) newSession(ident ca.Identity) *session {
+	sess := &session{s: s, ident: ident}
+	sess.refreshBundle()
+	return sess
+}
+
+func (sess *session) close() {
+	if sess.cert != nil {
+		sess.s.workload.release(sess.cert)
+	}
+}
+
+func (sess *session) refreshBundle() {
+	b, ch := sess.s.issuer.WatchBundle()
+	sess.bundlePEM, sess.bundleChanged = pemCerts(b.X509Authorities()), ch
+}
+
+func (sess *session) refreshCert() {
+	sess.certCur, sess.certChanged = sess.cert.current()
+}
+
+// check validates names without issuing anything.
+func (sess *session) check(names []string) error {
+	for _, n := range names {
+		if _, err := classifyName(n, sess.ident); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// resolve builds the secrets named, in the order asked; no names means wildcard.
+func (sess *session) resolve(ctx context.Context, names []string) ([]namedResource, error) {
+	if len(names) == 0 {
+		names = wildcardNames
+	}
+	if err := sess.check(names); err != nil {
+		return nil, err
+	}
+	out := make([]namedResource, 0, len(names))
+	seen := make(map[string]bool, len(names))
+	for _, n := range names {
+		if seen[n] {
+			continue
+		}
+		seen[n] = true
+		kind, _ := classifyName(n, sess.ident)
+		var r namedResource
+		var err error
+		switch kind {
+		case kindCert:
+			if err := sess.ensureCert(ctx); err != nil {
+				return nil, err
+			}
+			r.any, r.hash, err = marshalSecret(certSecret(n, sess.certCur))
+		case kindBundle:
+			r.any, r.hash, err = marshalSecret(bundleSecret(n, sess.bundlePEM))
+		}
+		if err != nil {
+			return nil, err
+		}
+		r.name = n
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+func (sess *session) ensureCert(ctx context.Context) error {
+	if sess.cert != nil {
+		return nil
+	}
+	e, err := sess.s.workload.acquire(ctx, sess.ident)
+	if err != nil {
+		return err
+	}
+	sess.cert = e
+	sess.refreshCert()
+	return nil
+}
+
+func anys(rs []namedResource) []*anypb.Any {
+	out := make([]*anypb.Any, len(rs))
+	for i, r := range rs {
+		out[i] = r.any
+	}
+	return out
+}
+
+// digest combines the hashes of a response's resources, in order.
+func digest(rs []namedResource) [sha256.Size]byte {
+	h := sha256.New()
+	for _, r := range rs {
+		h.Write([]byte(r.name))
+		h.Write(r.hash[:])
+	}
+	var out [sha256.Size]byte
+	copy(out[:], h.Sum(nil))
+	return out
+}

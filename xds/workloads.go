@@ -1,0 +1,196 @@
+package xds
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/meshca/meshca/ca"
+)
+
+// workloadCert is one issued certificate with its key, ready to serve. Immutable.
+type workloadCert struct {
+	chainPEM []byte
+	keyPEM   []byte
+	serial   string
+	issued   time.Time
+	notAfter time.Time
+}
+
+// certEntry is the certificate of one pod identity, shared by every stream of that
+// pod, and renewed in the background while any stream uses it.
+type certEntry struct {
+	ident ca.Identity
+	key   string
+	// refs counts the streams using the entry; guarded by certManager.mu.
+	refs int
+
+	// mu guards cur, changed and stop, and serializes the first issuance.
+	mu      sync.Mutex
+	cur     *workloadCert
+	changed chan struct{}      // closed and replaced at every renewal
+	stop    context.CancelFunc // ends the renewer; set with the first certificate
+}
+
+// current returns the certificate and a channel closed when it is renewed.
+func (e *certEntry) current() (*workloadCert, <-chan struct{}) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.cur, e.changed
+}
+
+// certManager issues and renews the direct-mode certificates, one per pod identity.
+// Lock order: certManager.mu before certEntry.mu.
+type certManager struct {
+	issuer Issuer
+	ttl    time.Duration
+	log    *slog.Logger
+
+	// mu guards entries and every entry's refs.
+	mu      sync.Mutex
+	entries map[string]*certEntry
+}
+
+func newCertManager(issuer Issuer, ttl time.Duration, log *slog.Logger) *certManager {
+	return &certManager{issuer: issuer, ttl: ttl, log: log, entries: map[string]*certEntry{}}
+}
+
+// acquire returns the pod's certificate entry, issuing its first certificate if
+// needed. Every successful acquire needs one release.
+func (m *certManager) acquire(ctx context.Context, ident ca.Identity) (*certEntry, error) {
+	key := ident.PodUID + "|" + ident.ID.String()
+	m.mu.Lock()
+	e := m.entries[key]
+	if e == nil {
+		e = &certEntry{ident: ident, key: key, changed: make(chan struct{})}
+		m.entries[key] = e
+	}
+	e.refs++
+	m.mu.Unlock()
+
+	if err := m.ensureIssued(ctx, e); err != nil {
+		m.release(e)
+		return nil, err
+	}
+	return e, nil
+}
+
+func (m *certManager) ensureIssued(ctx context.Context, e *certEntry) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.cur != nil {
+		return nil
+	}
+	wc, err := m.issue(ctx, e.ident)
+	if err != nil {
+		return err
+	}
+	e.cur = wc
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	e.stop = cancel
+	go m.renewLoop(rctx, e)
+	return nil
+}
+
+// release gives back an entry; the last release forgets the key and stops renewals.
+func (m *certManager) release(e *certEntry) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e.refs--
+	if e.refs > 0 || m.entries[e.key] != e {
+		return
+	}
+	delete(m.entries, e.key)
+	e.mu.Lock()
+	if e.stop != nil {
+		e.stop()
+	}
+	e.mu.Unlock()
+}
+
+func (m *certManager) issue(ctx context.Context, ident ca.Identity) (*workloadCert, error) {
+	key, err := ca.GenerateKey(ca.KeyECP256)
+	if err != nil {
+		return nil, err
+	}
+	svid, err := m.issuer.IssueX509SVID(ctx, ca.X509SVIDParams{
+		ID: ident.ID, PublicKey: key.Public(), TTL: m.ttl, Requester: ident.String() + " sds",
+	})
+	if err != nil {
+		return nil, err
+	}
+	keyPEM, err := pemKey(key)
+	if err != nil {
+		return nil, err
+	}
+	leaf := svid.Leaf()
+	return &workloadCert{
+		chainPEM: pemCerts(svid.Certificates),
+		keyPEM:   keyPEM,
+		serial:   leaf.SerialNumber.Text(16),
+		issued:   time.Now(),
+		notAfter: leaf.NotAfter,
+	}, nil
+}
+
+// renewAt is about half of the certificate's lifetime, with ±10% jitter so that
+// pods started together do not renew together.
+func renewAt(wc *workloadCert) time.Time {
+	life := wc.notAfter.Sub(wc.issued)
+	frac := 0.4 + 0.2*rand.Float64()
+	return wc.issued.Add(time.Duration(float64(life) * frac))
+}
+
+func (m *certManager) renewLoop(ctx context.Context, e *certEntry) {
+	for {
+		cur, _ := e.current()
+		timer := time.NewTimer(time.Until(renewAt(cur)))
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-timer.C:
+		}
+		wc, err := m.issue(ctx, e.ident)
+		if err != nil {
+			m.log.Error("Failed to renew workload certificate", "spiffe_id", e.ident.ID.String(),
+				"serial", cur.serial, "not_after", cur.notAfter, "error", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(min(5*time.Second, time.Until(cur.notAfter)/4+time.Millisecond)):
+			}
+			continue
+		}
+		e.mu.Lock()
+		e.cur = wc
+		close(e.changed)
+		e.changed = make(chan struct{})
+		e.mu.Unlock()
+		m.log.Debug("Renewed workload certificate", "spiffe_id", e.ident.ID.String(),
+			"serial", wc.serial, "not_after", wc.notAfter)
+	}
+}
+
+func pemCerts(certs []*x509.Certificate) []byte {
+	var buf bytes.Buffer
+	for _, c := range certs {
+		_ = pem.Encode(&buf, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+	}
+	return buf.Bytes()
+}
+
+func pemKey(key crypto.Signer) ([]byte, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("failed to encode workload key: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}
