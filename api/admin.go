@@ -15,8 +15,12 @@ import (
 	"github.com/meshca/meshca/store"
 )
 
-// defaultListLimit caps ListIssuances when the caller sets no limit.
-const defaultListLimit = 100
+// defaultListLimit caps ListIssuances when the caller sets no limit, and
+// maxListLimit whatever it sets, so a response stays far below gRPC's 4 MiB.
+const (
+	defaultListLimit = 100
+	maxListLimit     = 5000
+)
 
 // Authority is what the API needs of the certificate authority.
 type Authority interface {
@@ -134,6 +138,7 @@ func (a *Admin) ListIssuances(ctx context.Context, req *meshcav1.ListIssuancesRe
 	if limit <= 0 {
 		limit = defaultListLimit
 	}
+	limit = min(limit, maxListLimit)
 	recs, err := a.audit.Issuances(ctx, store.IssuanceQuery{
 		SPIFFEID: req.GetSpiffeId(), Limit: limit,
 	})

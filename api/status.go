@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -42,11 +43,11 @@ func classify(err error) (codes.Code, string) {
 	case errors.Is(err, ca.ErrAuthUnavailable):
 		return codes.Unavailable, "token authentication unavailable, retry later"
 	case errors.Is(err, ErrPermissionDenied):
-		return codes.PermissionDenied, err.Error()
+		return codes.PermissionDenied, withoutSentinel(err, ErrPermissionDenied)
 	case errors.Is(err, ca.ErrInvalidRequest):
-		return codes.InvalidArgument, err.Error()
+		return codes.InvalidArgument, withoutSentinel(err, ca.ErrInvalidRequest)
 	case errors.Is(err, ca.ErrNotReady):
-		return codes.Unavailable, err.Error()
+		return codes.Unavailable, withoutSentinel(err, ca.ErrNotReady)
 	case errors.Is(err, context.Canceled):
 		return codes.Canceled, "request canceled"
 	case errors.Is(err, context.DeadlineExceeded):
@@ -54,4 +55,10 @@ func classify(err error) (codes.Code, string) {
 	default:
 		return codes.Internal, "internal error"
 	}
+}
+
+// withoutSentinel drops the sentinel's own text from the end of a message: the code
+// already says it.
+func withoutSentinel(err, sentinel error) string {
+	return strings.TrimSuffix(err.Error(), ": "+sentinel.Error())
 }

@@ -99,7 +99,7 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 			"imported", cfg.Import != nil)
 		stored = []store.Authority{first}
 	} else if cfg.Import != nil {
-		if err := checkImportMatches(*cfg.Import, stored); err != nil {
+		if err := checkImportMatches(*cfg.Import, stored, cfg.Clock()); err != nil {
 			return nil, err
 		}
 	}
@@ -149,8 +149,8 @@ func (c *CA) firstAuthority() (store.Authority, error) {
 
 // checkImportMatches accepts an import given again on a later start only when it is
 // the authority already stored, so a changed file is not silently ignored.
-func checkImportMatches(imp Import, stored []store.Authority) error {
-	a, err := importAuthority(imp, time.Now())
+func checkImportMatches(imp Import, stored []store.Authority, now time.Time) error {
+	a, err := importAuthority(imp, now)
 	if err != nil {
 		return fmt.Errorf("failed to check CA import: %w", err)
 	}

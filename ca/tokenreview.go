@@ -152,7 +152,7 @@ func (r *TokenReviewer) Authenticate(ctx context.Context, token string) (Identit
 		defer cancel()
 		id, err := r.review(rctx, token)
 		if err == nil {
-			r.store(key, id, token)
+			r.store(key, id)
 		}
 		return id, err
 	})
@@ -177,12 +177,8 @@ func (r *TokenReviewer) cached(key [sha256.Size]byte) (Identity, bool) {
 }
 
 // store caches a good review until the earlier of the cache TTL and the token's exp.
-// A token whose expiry cannot be read is not cached.
-func (r *TokenReviewer) store(key [sha256.Size]byte, id Identity, token string) {
-	exp, ok := tokenExpiry(token)
-	if !ok {
-		return
-	}
+func (r *TokenReviewer) store(key [sha256.Size]byte, id Identity) {
+	exp := id.TokenExpiry
 	now := r.now()
 	expires := now.Add(r.cfg.CacheTTL)
 	if exp.Before(expires) {
@@ -225,10 +221,15 @@ func (r *TokenReviewer) review(ctx context.Context, token string) (Identity, err
 		r.metrics.Reviewed("rejected")
 		return Identity{}, err
 	}
-	r.metrics.Reviewed("authenticated")
-	if exp, ok := tokenExpiry(token); ok {
-		id.TokenExpiry = exp
+	// kube-apiserver accepts a correctly signed token without exp; a projected token
+	// always has one, and meshca needs it to end streams, so refuse the others.
+	exp, ok := tokenExpiry(token)
+	if !ok {
+		r.metrics.Reviewed("rejected")
+		return Identity{}, fmt.Errorf("token of %q has no expiry: %w", id.ID, ErrInvalidToken)
 	}
+	r.metrics.Reviewed("authenticated")
+	id.TokenExpiry = exp
 	return id, nil
 }
 

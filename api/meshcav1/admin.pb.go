@@ -518,7 +518,8 @@ type ListIssuancesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only records for this SPIFFE ID, when set.
 	SpiffeId string `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
-	// At most this many records; 0 means the server's default (100).
+	// At most this many records; 0 means the server's default (100); the server
+	// caps it at 5000.
 	Limit         int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -616,7 +617,8 @@ func (x *ListIssuancesResponse) GetIssuances() []*Issuance {
 type Issuance struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Serial number, lowercase hex.
-	Serial      string                 `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	Serial string `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	// Empty for meshca's own TLS serving certificates, which carry DNS names.
 	SpiffeId    string                 `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
 	AuthorityId string                 `protobuf:"bytes,3,opt,name=authority_id,json=authorityId,proto3" json:"authority_id,omitempty"`
 	NotBefore   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"syscall"
 	"time"
 
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -96,12 +97,14 @@ func newAdminGRPC(path string, authority *ca.CA, st *store.Bolt, m *metrics,
 	if err := removeStaleSocket(path); err != nil {
 		return nil, err
 	}
+	// The umask makes the socket 0600 from its creation. It is process-wide, so it
+	// is restored at once; nothing else creates files while the server starts.
+	old := syscall.Umask(0o177)
 	lis, err := net.Listen("unix", path)
+	syscall.Umask(old)
 	if err != nil {
 		return nil, fmt.Errorf("failed to listen on admin socket %q: %w", path, err)
 	}
-	// The socket exists with the umask's mode for a moment before this chmod; the
-	// data directory is 0700, so only a socket placed elsewhere is exposed then.
 	if err := os.Chmod(path, 0o600); err != nil {
 		_ = lis.Close()
 		return nil, fmt.Errorf("failed to restrict admin socket %q to 0600: %w", path, err)

@@ -71,8 +71,9 @@ func (s *servingCert) getCertificate(*tls.ClientHelloInfo) (*tls.Certificate, er
 	return s.cert, nil
 }
 
-// Run renews the certificate at half of its remaining lifetime until ctx ends.
-// A failed renewal is retried after a minute while the old certificate is still valid.
+// Run renews the certificate at half of its remaining lifetime until ctx ends. A
+// failed renewal is logged and retried every minute, even past the old
+// certificate's expiry, since meshca cannot serve TLS without one.
 func (s *servingCert) Run(ctx context.Context) error {
 	for {
 		s.mu.RLock()

@@ -124,6 +124,16 @@ func TestBadTokensAreUnauthenticated(t *testing.T) {
 			claims.Expiry = time.Now().Add(-2 * time.Hour).Unix()
 			return kube.SignToken(t, claims)
 		}},
+		{"token without expiry", func(t *testing.T) string {
+			claims := kube.PodClaims(t, ns, "orders", "orders-0", "meshca", time.Hour)
+			claims.Expiry = 0
+			return kube.SignToken(t, claims)
+		}},
+		{"self-signed token bound to no pod", func(t *testing.T) string {
+			claims := kube.PodClaims(t, ns, "orders", "orders-0", "meshca", time.Hour)
+			claims.Kubernetes.Pod = nil
+			return kube.SignToken(t, claims)
+		}},
 		{"token bound to no pod", func(t *testing.T) string {
 			seconds := int64(3600)
 			resp, err := kube.Client.CoreV1().ServiceAccounts(ns).CreateToken(t.Context(),
