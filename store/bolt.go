@@ -162,7 +162,8 @@ func schemaVersion(meta *bolt.Bucket) (int, error) {
 }
 
 func initSchema(tx *bolt.Tx) error {
-	for _, name := range [][]byte{bucketMeta, bucketAuthorities, bucketIssuances} {
+	for _, name := range [][]byte{bucketMeta, bucketAuthorities, bucketIssuances,
+		bucketPolicies, bucketPolicyHistory} {
 		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 			return err
 		}
