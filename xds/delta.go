@@ -3,8 +3,6 @@ package xds
 import (
 	"context"
 	"encoding/hex"
-	"errors"
-	"io"
 	"log/slog"
 	"strconv"
 
@@ -31,75 +29,17 @@ type deltaState struct {
 }
 
 func (s *Server) serveDelta(stream deltaStream, op string) error {
-	ctx := stream.Context()
-	ident, err := api.Authenticate(ctx, s.cfg.Auth)
-	if err != nil {
-		return api.ToStatus(ctx, s.log, op, err)
-	}
-	s.metrics.StreamOpened()
-	defer s.metrics.StreamClosed()
-	log := s.log.With("op", op, "spiffe_id", ident.ID.String(), "pod_uid", ident.PodUID)
-
-	reqs, recvErr := recvLoop(ctx, stream.Recv)
-	expired, stopTimer := tokenExpiry(ident)
-	defer stopTimer()
-
 	st := deltaState{versions: map[string]string{}}
-	var pending []*discovery.DeltaDiscoveryRequest
-	ready := s.ready
-	var sess *session
-	defer func() {
-		if sess != nil {
-			sess.close()
-		}
-	}()
-
-	for {
-		var certChanged, bundleChanged <-chan struct{}
-		if sess != nil {
-			certChanged, bundleChanged = sess.certChanged, sess.bundleChanged
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case err := <-recvErr:
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return err
-		case <-expired:
-			log.Info("Closing stream: token expired", "node_id", st.nodeID)
-			return errTokenExpired
-		case <-ready:
-			ready = nil
-			sess = s.newSession(ident)
-			for _, req := range pending {
-				if err := s.onDeltaRequest(ctx, stream, sess, &st, req, log); err != nil {
-					return err
-				}
-			}
-			pending = nil
-		case req := <-reqs:
-			if sess == nil {
-				// Subscriptions add up, so every request waits for readiness.
-				pending = append(pending, req)
-				continue
-			}
-			if err := s.onDeltaRequest(ctx, stream, sess, &st, req, log); err != nil {
-				return err
-			}
-		case <-certChanged:
-			sess.refreshCert()
-			if err := s.pushDelta(ctx, stream, sess, &st, nil, log); err != nil {
-				return err
-			}
-		case <-bundleChanged:
-			sess.refreshBundle()
-			if err := s.pushDelta(ctx, stream, sess, &st, nil, log); err != nil {
-				return err
-			}
-		}
-	}
+	type req = *discovery.DeltaDiscoveryRequest
+	return serveStream(s, stream.Context(), op, stream.Recv, streamHandlers[req]{
+		nodeID: func() string { return st.nodeID },
+		request: func(ctx context.Context, sess *session, r req, log *slog.Logger) error {
+			return s.onDeltaRequest(ctx, stream, sess, &st, r, log)
+		},
+		changed: func(ctx context.Context, sess *session, log *slog.Logger) error {
+			return s.pushDelta(ctx, stream, sess, &st, nil, log)
+		},
+	})
 }
 
 func (s *Server) onDeltaRequest(ctx context.Context, stream deltaStream, sess *session,

@@ -109,12 +109,14 @@ func (s *Server) nextVersion() string {
 }
 
 // StreamSecrets implements SDS over a state-of-the-world stream.
-func (s *Server) StreamSecrets(stream secretservice.SecretDiscoveryService_StreamSecretsServer) error {
+func (s *Server) StreamSecrets(
+	stream secretservice.SecretDiscoveryService_StreamSecretsServer) error {
 	return s.serveSotW(stream, "sds")
 }
 
 // DeltaSecrets implements SDS over an incremental stream.
-func (s *Server) DeltaSecrets(stream secretservice.SecretDiscoveryService_DeltaSecretsServer) error {
+func (s *Server) DeltaSecrets(
+	stream secretservice.SecretDiscoveryService_DeltaSecretsServer) error {
 	return s.serveDelta(stream, "sds delta")
 }
 

@@ -3,20 +3,14 @@ package xds
 import (
 	"context"
 	"crypto/sha256"
-	"errors"
-	"io"
 	"log/slog"
 	"slices"
 	"strconv"
-	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/api"
-	"github.com/meshca/meshca/ca"
 )
 
 // sotwStream is a state-of-the-world stream: SDS StreamSecrets or ADS.
@@ -38,113 +32,21 @@ type sotwState struct {
 
 func (st *sotwState) nodeID() string { return st.node.GetId() }
 
-// recvLoop feeds a stream's requests into a channel until Recv fails.
-func recvLoop[T any](ctx context.Context, recv func() (T, error)) (<-chan T, <-chan error) {
-	reqs := make(chan T)
-	errc := make(chan error, 1)
-	go func() {
-		for {
-			req, err := recv()
-			if err != nil {
-				errc <- err
-				return
-			}
-			select {
-			case reqs <- req:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	return reqs, errc
-}
-
-// tokenExpiry returns a channel that fires when the stream's token expires.
-func tokenExpiry(ident ca.Identity) (<-chan time.Time, func()) {
-	if ident.TokenExpiry.IsZero() {
-		return nil, func() {}
-	}
-	t := time.NewTimer(time.Until(ident.TokenExpiry))
-	return t.C, func() { t.Stop() }
-}
-
-var errTokenExpired = status.Error(codes.Unauthenticated,
-	"token expired: reconnect with a fresh token")
-
 func (s *Server) serveSotW(stream sotwStream, op string) error {
-	ctx := stream.Context()
-	ident, err := api.Authenticate(ctx, s.cfg.Auth)
-	if err != nil {
-		return api.ToStatus(ctx, s.log, op, err)
-	}
-	s.metrics.StreamOpened()
-	defer s.metrics.StreamClosed()
-	log := s.log.With("op", op, "spiffe_id", ident.ID.String(), "pod_uid", ident.PodUID)
-	log.Debug("Stream opened")
-
-	reqs, recvErr := recvLoop(ctx, stream.Recv)
-	expired, stopTimer := tokenExpiry(ident)
-	defer stopTimer()
-
 	var st sotwState
-	var pending *discovery.DiscoveryRequest
-	ready := s.ready
-	var sess *session
-	defer func() {
-		if sess != nil {
-			sess.close()
-		}
-	}()
-
-	for {
-		var certChanged, bundleChanged <-chan struct{}
-		if sess != nil {
-			certChanged, bundleChanged = sess.certChanged, sess.bundleChanged
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case err := <-recvErr:
-			if errors.Is(err, io.EOF) {
-				return nil
+	type req = *discovery.DiscoveryRequest
+	return serveStream(s, stream.Context(), op, stream.Recv, streamHandlers[req]{
+		nodeID: st.nodeID,
+		request: func(ctx context.Context, sess *session, r req, log *slog.Logger) error {
+			if r.GetNode() != nil {
+				st.node = r.GetNode()
 			}
-			return err
-		case <-expired:
-			log.Info("Closing stream: token expired", "node_id", st.nodeID())
-			return errTokenExpired
-		case <-ready:
-			ready = nil
-			sess = s.newSession(ident)
-			if pending != nil {
-				if err := s.onSotWRequest(ctx, stream, sess, &st, pending, log); err != nil {
-					return err
-				}
-				pending = nil
-			}
-		case req := <-reqs:
-			if req.GetNode() != nil {
-				st.node = req.GetNode()
-			}
-			if sess == nil {
-				// Not ready yet: keep the newest request and answer it when ready.
-				pending = req
-				continue
-			}
-			if err := s.onSotWRequest(ctx, stream, sess, &st, req, log); err != nil {
-				return err
-			}
-		case <-certChanged:
-			sess.refreshCert()
-			if err := s.pushSotW(ctx, stream, sess, &st, log); err != nil {
-				return err
-			}
-		case <-bundleChanged:
-			sess.refreshBundle()
-			if err := s.pushSotW(ctx, stream, sess, &st, log); err != nil {
-				return err
-			}
-		}
-	}
+			return s.onSotWRequest(ctx, stream, sess, &st, r, log)
+		},
+		changed: func(ctx context.Context, sess *session, log *slog.Logger) error {
+			return s.pushSotW(ctx, stream, sess, &st, log)
+		},
+	})
 }
 
 func (s *Server) onSotWRequest(ctx context.Context, stream sotwStream, sess *session,
