@@ -165,7 +165,7 @@ func (m *certManager) renewLoop(ctx context.Context, e *certEntry) {
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(min(5*time.Second, time.Until(cur.notAfter)/4+time.Millisecond)):
+			case <-time.After(retryAfter(cur)):
 			}
 			continue
 		}
@@ -177,6 +177,12 @@ func (m *certManager) renewLoop(ctx context.Context, e *certEntry) {
 		m.log.Debug("Renewed workload certificate", "spiffe_id", e.ident.ID.String(),
 			"serial", wc.serial, "not_after", wc.notAfter)
 	}
+}
+
+// retryAfter spaces renewal attempts after a failure: often enough to renew before
+// the certificate expires, never in a tight loop.
+func retryAfter(cur *workloadCert) time.Duration {
+	return max(time.Second, min(5*time.Second, time.Until(cur.notAfter)/4))
 }
 
 func pemCerts(certs []*x509.Certificate) []byte {
