@@ -84,6 +84,11 @@ func New(cfg Config) (*Server, error) {
 	return &Server{cfg: cfg, log: cfg.Logger}, nil
 }
 
+// runner is a long-lived component.
+type runner interface {
+	Run(ctx context.Context) error
+}
+
 // Run starts every component and blocks until ctx ends or one of them fails. A
 // canceled ctx is a clean stop and returns nil.
 func (s *Server) Run(ctx context.Context) error {
@@ -101,62 +106,14 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}()
 
-	caCfg := s.cfg.CA
-	caCfg.TrustDomain, caCfg.Store, caCfg.Logger = s.cfg.TrustDomain, st, s.log
-	authority, err := ca.New(ctx, caCfg)
-	if err != nil {
-		return fmt.Errorf("failed to start the certificate authority: %w", err)
-	}
-
-	reg := prometheus.NewRegistry()
-	metrics := newMetrics(reg, authority)
-
-	serving := newServingCert(authority, s.cfg.ServerDNSNames, s.log)
-	if err := serving.renew(ctx); err != nil {
-		return err
-	}
-	auth, access, err := s.tokenAuth(metrics)
+	runners, addrs, err := s.build(ctx, st)
 	if err != nil {
 		return err
 	}
-
-	discovery := xds.New(xds.Config{
-		Auth: auth, CertTTL: s.cfg.CA.DefaultTTL, Logger: s.log, Metrics: metrics,
-	})
-	discovery.SetIssuer(authority)
-	mainGRPC, err := newMainGRPC(s.cfg.GRPCAddr, serving, metrics, s.log,
-		api.NewCertificates(api.CertificateConfig{CA: authority, Auth: auth, Logger: s.log}),
-		discovery)
-	if err != nil {
-		return err
-	}
-	admin, err := newAdminGRPC(s.cfg.AdminSocket, authority, st, metrics, s.log)
-	if err != nil {
-		mainGRPC.close()
-		return err
-	}
-	var checks []readyCheck
-	if access != nil {
-		checks = append(checks, readyCheck{name: "token authentication", check: access.ready})
-	}
-	httpSrv, err := newHTTP(s.cfg.HTTPAddr, reg, checks)
-	if err != nil {
-		mainGRPC.close()
-		admin.close()
-		return err
-	}
-
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return serving.Run(gctx) })
-	g.Go(func() error { return mainGRPC.Run(gctx) })
-	g.Go(func() error { return admin.Run(gctx) })
-	g.Go(func() error { return httpSrv.Run(gctx) })
-	if access != nil {
-		g.Go(func() error { return access.Run(gctx) })
+	for _, r := range runners {
+		g.Go(func() error { return r.Run(gctx) })
 	}
-
-	httpSrv.setReady(true)
-	addrs := Addrs{GRPC: mainGRPC.addr(), HTTP: httpSrv.addr(), Admin: s.cfg.AdminSocket}
 	s.log.Info("meshca is ready", "trust_domain", s.cfg.TrustDomain.Name(),
 		"grpc_addr", addrs.GRPC.String(), "http_addr", addrs.HTTP.String(),
 		"admin_socket", addrs.Admin, "data_dir", s.cfg.DataDir,
@@ -171,6 +128,60 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.log.Info("meshca stopped")
 	return err
+}
+
+// build loads the CA and binds every listener. On error nothing is left listening.
+func (s *Server) build(ctx context.Context, st *store.Bolt) ([]runner, Addrs, error) {
+	caCfg := s.cfg.CA
+	caCfg.TrustDomain, caCfg.Store, caCfg.Logger = s.cfg.TrustDomain, st, s.log
+	authority, err := ca.New(ctx, caCfg)
+	if err != nil {
+		return nil, Addrs{}, fmt.Errorf("failed to start the certificate authority: %w", err)
+	}
+	reg := prometheus.NewRegistry()
+	metrics := newMetrics(reg, authority)
+	serving := newServingCert(authority, s.cfg.ServerDNSNames, s.log)
+	if err := serving.renew(ctx); err != nil {
+		return nil, Addrs{}, err
+	}
+	auth, access, err := s.tokenAuth(metrics)
+	if err != nil {
+		return nil, Addrs{}, err
+	}
+
+	discovery := xds.New(xds.Config{
+		Auth: auth, CertTTL: s.cfg.CA.DefaultTTL, Logger: s.log, Metrics: metrics,
+	})
+	discovery.SetIssuer(authority)
+	mainGRPC, err := newMainGRPC(s.cfg.GRPCAddr, serving, metrics, s.log,
+		api.NewCertificates(api.CertificateConfig{CA: authority, Auth: auth, Logger: s.log}),
+		discovery)
+	if err != nil {
+		return nil, Addrs{}, err
+	}
+	admin, err := newAdminGRPC(s.cfg.AdminSocket, authority, st, metrics, s.log)
+	if err != nil {
+		mainGRPC.close()
+		return nil, Addrs{}, err
+	}
+	var checks []readyCheck
+	if access != nil {
+		checks = append(checks, readyCheck{name: "token authentication", check: access.ready})
+	}
+	httpSrv, err := newHTTP(s.cfg.HTTPAddr, reg, checks)
+	if err != nil {
+		mainGRPC.close()
+		admin.close()
+		return nil, Addrs{}, err
+	}
+
+	runners := []runner{serving, mainGRPC, admin, httpSrv}
+	if access != nil {
+		runners = append(runners, access)
+	}
+	httpSrv.setReady(true)
+	addrs := Addrs{GRPC: mainGRPC.addr(), HTTP: httpSrv.addr(), Admin: s.cfg.AdminSocket}
+	return runners, addrs, nil
 }
 
 // tokenAuth builds the token authenticator, or returns nil ones when no Kubernetes
