@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"cmp"
 	"context"
 	"encoding/hex"
 	"log/slog"
@@ -47,7 +48,7 @@ func (s *Server) onDeltaRequest(ctx context.Context, stream deltaStream, sess *s
 	if req.GetNode() != nil {
 		st.nodeID = req.GetNode().GetId()
 	}
-	if err := checkType(req.GetTypeUrl()); err != nil {
+	if err := checkType(cmp.Or(req.GetTypeUrl(), secretTypeURL), secretOnly); err != nil {
 		return api.ToStatus(ctx, s.log, "sds delta", err)
 	}
 	if n := req.GetResponseNonce(); n != "" && n != strconv.FormatUint(st.nonce, 10) {

@@ -1,12 +1,15 @@
 package xds
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,8 +51,10 @@ type Config struct {
 	// CertTTL is the lifetime of direct-mode workload certificates; zero means the
 	// CA's default.
 	CertTTL time.Duration
-	Logger  *slog.Logger
-	Metrics Metrics
+	// DefaultDeny denies every request to a workload that no ALLOW policy selects.
+	DefaultDeny bool
+	Logger      *slog.Logger
+	Metrics     Metrics
 }
 
 // Server implements Envoy's SecretDiscoveryService and the Secret type of the
@@ -70,6 +75,12 @@ type Server struct {
 	setOnce  sync.Once
 	issuer   Issuer       // written once before ready is closed, then read-only
 	workload *certManager // likewise
+
+	// configMu guards config.
+	configMu sync.RWMutex
+	config   *configState
+	// streamID numbers streams, to own the endpoints they register.
+	streamID atomic.Uint64
 }
 
 var (
@@ -90,6 +101,7 @@ func New(cfg Config) *Server {
 	return &Server{
 		cfg: cfg, log: cfg.Logger, metrics: cfg.Metrics,
 		bootID: hex.EncodeToString(boot), ready: make(chan struct{}),
+		config: &configState{changed: make(chan struct{})},
 	}
 }
 
@@ -111,7 +123,7 @@ func (s *Server) nextVersion() string {
 // StreamSecrets implements SDS over a state-of-the-world stream.
 func (s *Server) StreamSecrets(
 	stream secretservice.SecretDiscoveryService_StreamSecretsServer) error {
-	return s.serveSotW(stream, "sds")
+	return s.serveSotW(stream, "sds", secretTypeURL)
 }
 
 // DeltaSecrets implements SDS over an incremental stream.
@@ -120,16 +132,22 @@ func (s *Server) DeltaSecrets(
 	return s.serveDelta(stream, "sds delta")
 }
 
-// StreamAggregatedResources implements ADS for the Secret type.
-//
-// TODO: listeners, routes, clusters and endpoints are not served yet, so a request
-// for those types ends the stream with InvalidArgument.
+// adsTypes are the resource types served over state-of-the-world ADS.
+var adsTypes = []string{
+	listenerTypeURL, routeTypeURL, clusterTypeURL, endpointTypeURL, secretTypeURL,
+}
+
+// StreamAggregatedResources implements ADS: listeners, routes, clusters, endpoints and
+// secrets.
 func (s *Server) StreamAggregatedResources(
 	stream discovery.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
-	return s.serveSotW(stream, "ads")
+	return s.serveSotW(stream, "ads", adsTypes...)
 }
 
 // DeltaAggregatedResources implements incremental ADS for the Secret type.
+//
+// TODO: incremental ADS serves secrets only; listeners, routes, clusters and
+// endpoints need the state-of-the-world stream, which Envoy and grpc-go use by default.
 func (s *Server) DeltaAggregatedResources(
 	stream discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
 	return s.serveDelta(stream, "ads delta")
@@ -142,7 +160,7 @@ func (s *Server) FetchSecrets(ctx context.Context, req *discovery.DiscoveryReque
 	if err != nil {
 		return nil, api.ToStatus(ctx, s.log, "sds fetch", err)
 	}
-	if err := checkType(req.GetTypeUrl()); err != nil {
+	if err := checkType(cmp.Or(req.GetTypeUrl(), secretTypeURL), secretOnly); err != nil {
 		return nil, api.ToStatus(ctx, s.log, "sds fetch", err)
 	}
 	select {
@@ -162,10 +180,14 @@ func (s *Server) FetchSecrets(ctx context.Context, req *discovery.DiscoveryReque
 	}, nil
 }
 
-func checkType(typeURL string) error {
-	if typeURL != "" && typeURL != secretTypeURL {
-		return fmt.Errorf("resource type %q is not served (only %s): %w", typeURL,
-			secretTypeURL, ca.ErrInvalidRequest)
+// secretOnly is the resource type of SDS streams.
+var secretOnly = []string{secretTypeURL}
+
+// checkType refuses a resource type the stream does not serve.
+func checkType(typeURL string, types []string) error {
+	if !slices.Contains(types, typeURL) {
+		return fmt.Errorf("resource type %q is not served on this stream (only %s): %w",
+			typeURL, strings.Join(types, ", "), ca.ErrInvalidRequest)
 	}
 	return nil
 }

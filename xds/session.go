@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/xds/authz"
 )
 
 // session is what one stream serves: its identity, its certificate (acquired the
@@ -14,6 +15,16 @@ import (
 type session struct {
 	s     *Server
 	ident ca.Identity
+	// id numbers the session, to own the endpoints it registers.
+	id uint64
+	// registered says whether the session registered an endpoint.
+	registered bool
+
+	config        *configState
+	configChanged <-chan struct{}
+	// rbac is the workload's authorization compiled from rbacFor.
+	rbac    *authz.CompiledRBAC
+	rbacFor *configState
 
 	cert        *certEntry
 	certCur     *workloadCert
@@ -34,8 +45,9 @@ type namedResource struct {
 var wildcardNames = []string{SecretDefault, SecretRootCA}
 
 func (s *Server) newSession(ident ca.Identity) *session {
-	sess := &session{s: s, ident: ident}
+	sess := &session{s: s, ident: ident, id: s.streamID.Add(1)}
 	sess.refreshBundle()
+	sess.refreshConfig()
 	return sess
 }
 
@@ -43,6 +55,14 @@ func (sess *session) close() {
 	if sess.cert != nil {
 		sess.s.workload.release(sess.cert)
 	}
+	if sess.registered {
+		sess.s.unregisterEndpoints(sess.id)
+	}
+}
+
+func (sess *session) refreshConfig() {
+	sess.config = sess.s.watchConfig()
+	sess.configChanged = sess.config.changed
 }
 
 func (sess *session) refreshBundle() {

@@ -22,18 +22,28 @@ type sotwStream interface {
 
 // sotwState is the protocol state of one stream.
 type sotwState struct {
-	node       *core.Node
-	subscribed bool     // a request with names (or the wildcard) has been answered
-	names      []string // the names last asked for
-	nonce      uint64   // of the last response sent
-	sent       [sha256.Size]byte
-	acked      string // version of the last response the client accepted
+	node *core.Node
+	// types holds the state of each resource type the client subscribed to.
+	types map[string]*typeState
+	// order is the order in which types were first asked for; pushes follow it, so
+	// that clusters go out before endpoints and listeners before routes.
+	order []string
+	nonce uint64 // of the last response sent, of any type
+}
+
+// typeState is the protocol state of one resource type on a stream.
+type typeState struct {
+	names []string // the names last asked for; none is the wildcard
+	nonce string   // of the last response of this type
+	sent  [sha256.Size]byte
+	acked string // version of the last response the client accepted
 }
 
 func (st *sotwState) nodeID() string { return st.node.GetId() }
 
-func (s *Server) serveSotW(stream sotwStream, op string) error {
-	var st sotwState
+// serveSotW serves a state-of-the-world stream of the given resource types.
+func (s *Server) serveSotW(stream sotwStream, op string, types ...string) error {
+	st := sotwState{types: map[string]*typeState{}}
 	type req = *discovery.DiscoveryRequest
 	return serveStream(s, stream.Context(), op, stream.Recv, streamHandlers[req]{
 		nodeID: st.nodeID,
@@ -41,72 +51,95 @@ func (s *Server) serveSotW(stream sotwStream, op string) error {
 			if r.GetNode() != nil {
 				st.node = r.GetNode()
 			}
-			return s.onSotWRequest(ctx, stream, sess, &st, r, log)
+			return s.onSotWRequest(ctx, stream, sess, &st, r, types, op, log)
 		},
 		changed: func(ctx context.Context, sess *session, log *slog.Logger) error {
-			return s.pushSotW(ctx, stream, sess, &st, log)
+			for _, t := range st.order {
+				if err := s.pushSotW(ctx, stream, sess, &st, t, op, log); err != nil {
+					return err
+				}
+			}
+			return nil
 		},
 	})
 }
 
 func (s *Server) onSotWRequest(ctx context.Context, stream sotwStream, sess *session,
-	st *sotwState, req *discovery.DiscoveryRequest, log *slog.Logger) error {
-	if err := checkType(req.GetTypeUrl()); err != nil {
-		return api.ToStatus(ctx, s.log, "sds", err)
+	st *sotwState, req *discovery.DiscoveryRequest, types []string, op string,
+	log *slog.Logger) error {
+	typeURL := req.GetTypeUrl()
+	if typeURL == "" && len(types) == 1 {
+		typeURL = types[0] // SDS streams may leave the type out
 	}
-	if n := req.GetResponseNonce(); n != "" && n != strconv.FormatUint(st.nonce, 10) {
-		log.Debug("Ignoring request with a stale nonce", "node_id", st.nodeID(), "nonce", n)
+	if err := checkType(typeURL, types); err != nil {
+		return api.ToStatus(ctx, s.log, op, err)
+	}
+	ts := st.types[typeURL]
+	if n := req.GetResponseNonce(); n != "" && (ts == nil || n != ts.nonce) {
+		log.Debug("Ignoring request with a stale nonce", "node_id", st.nodeID(),
+			"type", typeURL, "nonce", n)
 		return nil
 	}
 	if detail := req.GetErrorDetail(); detail != nil {
-		s.metrics.Rejected(secretTypeURL)
-		log.Error("Client rejected secrets", "node_id", st.nodeID(),
+		s.metrics.Rejected(typeURL)
+		log.Error("Client rejected resources", "node_id", st.nodeID(), "type", typeURL,
 			"version", req.GetVersionInfo(), "names", req.GetResourceNames(),
 			"detail", detail.GetMessage())
 		// The rejected content is not sent again; a change of content will be.
 		return nil
 	}
-	if req.GetResponseNonce() != "" {
-		st.acked = req.GetVersionInfo()
+	if ts != nil && req.GetResponseNonce() != "" {
+		ts.acked = req.GetVersionInfo()
 	}
-	if st.subscribed && slices.Equal(req.GetResourceNames(), st.names) {
+	if ts != nil && slices.Equal(req.GetResourceNames(), ts.names) {
 		return nil
 	}
-	if err := sess.check(req.GetResourceNames()); err != nil {
-		return api.ToStatus(ctx, s.log, "sds", err)
+	if typeURL == secretTypeURL {
+		if err := sess.check(req.GetResourceNames()); err != nil {
+			return api.ToStatus(ctx, s.log, op, err)
+		}
 	}
-	st.names, st.subscribed = slices.Clone(req.GetResourceNames()), true
-	st.sent = [sha256.Size]byte{} // names changed: always answer
-	return s.pushSotW(ctx, stream, sess, st, log)
+	if ts == nil {
+		ts = &typeState{}
+		st.types[typeURL] = ts
+		st.order = append(st.order, typeURL)
+	}
+	ts.names = slices.Clone(req.GetResourceNames())
+	ts.sent = [sha256.Size]byte{} // names changed: always answer
+	return s.pushSotW(ctx, stream, sess, st, typeURL, op, log)
 }
 
-// pushSotW sends the subscribed secrets unless they are what was sent last.
+// pushSotW sends the subscribed resources of a type unless they are what was sent
+// last.
 func (s *Server) pushSotW(ctx context.Context, stream sotwStream, sess *session,
-	st *sotwState, log *slog.Logger) error {
-	if !st.subscribed {
-		return nil
-	}
-	res, err := sess.resolve(ctx, st.names)
-	if err != nil {
-		return api.ToStatus(ctx, s.log, "sds", err)
+	st *sotwState, typeURL, op string, log *slog.Logger) error {
+	ts := st.types[typeURL]
+	var res []namedResource
+	if typeURL == secretTypeURL {
+		var err error
+		if res, err = sess.resolve(ctx, ts.names); err != nil {
+			return api.ToStatus(ctx, s.log, op, err)
+		}
+	} else {
+		res = sess.resolveConfig(typeURL, ts.names, st.node, log)
 	}
 	d := digest(res)
-	if d == st.sent {
+	if d == ts.sent {
 		return nil
 	}
 	st.nonce++
 	resp := &discovery.DiscoveryResponse{
 		VersionInfo: s.nextVersion(),
 		Resources:   anys(res),
-		TypeUrl:     secretTypeURL,
+		TypeUrl:     typeURL,
 		Nonce:       strconv.FormatUint(st.nonce, 10),
 	}
 	if err := stream.Send(resp); err != nil {
 		return err
 	}
-	st.sent = d
-	s.metrics.Pushed(secretTypeURL)
-	log.Debug("Sent secrets", "node_id", st.nodeID(), "version", resp.VersionInfo,
-		"nonce", resp.Nonce, "names", st.names)
+	ts.sent, ts.nonce = d, resp.Nonce
+	s.metrics.Pushed(typeURL)
+	log.Debug("Sent resources", "node_id", st.nodeID(), "type", typeURL,
+		"version", resp.VersionInfo, "nonce", resp.Nonce, "names", ts.names)
 	return nil
 }

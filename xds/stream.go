@@ -25,7 +25,7 @@ type streamHandlers[Req any] struct {
 }
 
 // serveStream is the loop every discovery stream shares: authenticate, then one
-// select over the client's requests, renewals, bundle changes, the token's expiry and
+// select over the client's requests, renewals, bundle changes, configuration changes, the token's expiry and
 // the server becoming ready. Requests that arrive before the CA is ready wait, in
 // order, and are answered as soon as it is.
 func serveStream[Req any](s *Server, ctx context.Context, op string, recv func() (Req, error),
@@ -52,9 +52,10 @@ func serveStream[Req any](s *Server, ctx context.Context, op string, recv func()
 		}
 	}()
 	for {
-		var certChanged, bundleChanged <-chan struct{}
+		var certChanged, bundleChanged, configChanged <-chan struct{}
 		if sess != nil {
 			certChanged, bundleChanged = sess.certChanged, sess.bundleChanged
+			configChanged = sess.configChanged
 		}
 		select {
 		case <-ctx.Done():
@@ -91,6 +92,11 @@ func serveStream[Req any](s *Server, ctx context.Context, op string, recv func()
 			}
 		case <-bundleChanged:
 			sess.refreshBundle()
+			if err := h.changed(ctx, sess, log); err != nil {
+				return err
+			}
+		case <-configChanged:
+			sess.refreshConfig()
 			if err := h.changed(ctx, sess, log); err != nil {
 				return err
 			}

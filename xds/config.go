@@ -1,0 +1,97 @@
+package xds
+
+import (
+	"maps"
+	"slices"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshca/meshca/api/policy"
+)
+
+// configState is what listeners, routes, clusters and endpoints are built from: the
+// authorization policies in force and the endpoints of every service. It is never
+// modified: a change replaces it and closes changed, so a stream holding one sees a
+// consistent view.
+type configState struct {
+	policies []policy.Policy
+	// endpoints maps a service ("<name>.<namespace>") to the servers that registered
+	// for it, in registration order.
+	endpoints map[string][]endpoint
+	changed   chan struct{}
+}
+
+// endpoint is one server of a service.
+type endpoint struct {
+	// addr is the address clients dial, host:port.
+	addr string
+	// id is the server's SPIFFE ID, which clients require of its certificate.
+	id spiffeid.ID
+	// owner is the stream that registered the endpoint, so it can remove it.
+	owner uint64
+}
+
+// SetPolicies replaces the authorization policies every listener is compiled from, and
+// every stream pushes the listeners whose authorization changed. The policies must be
+// valid (see policy.ValidateSet); the caller keeps no reference to the slice.
+func (s *Server) SetPolicies(ps []policy.Policy) {
+	ps = slices.Clone(ps)
+	s.updateConfig(func(c *configState) { c.policies = ps })
+}
+
+// watchConfig returns the configuration in force; its changed channel is closed when
+// it is replaced.
+func (s *Server) watchConfig() *configState {
+	s.configMu.RLock()
+	defer s.configMu.RUnlock()
+	return s.config
+}
+
+// updateConfig replaces the configuration with a changed copy.
+func (s *Server) updateConfig(change func(*configState)) {
+	s.configMu.Lock()
+	prev := s.config
+	next := &configState{policies: prev.policies, endpoints: prev.endpoints,
+		changed: make(chan struct{})}
+	change(next)
+	s.config = next
+	s.configMu.Unlock()
+	close(prev.changed)
+}
+
+// registerEndpoint adds a server of service at addr, unless owner registered it already.
+func (s *Server) registerEndpoint(service string, e endpoint) {
+	if slices.Contains(s.watchConfig().endpoints[service], e) {
+		return
+	}
+	s.updateConfig(func(c *configState) {
+		if slices.Contains(c.endpoints[service], e) {
+			return
+		}
+		c.endpoints = maps.Clone(c.endpoints)
+		if c.endpoints == nil {
+			c.endpoints = map[string][]endpoint{}
+		}
+		c.endpoints[service] = append(slices.Clone(c.endpoints[service]), e)
+	})
+}
+
+// unregisterEndpoints removes every endpoint the owner registered.
+func (s *Server) unregisterEndpoints(owner uint64) {
+	s.updateConfig(func(c *configState) {
+		var next map[string][]endpoint
+		for svc, eps := range c.endpoints {
+			kept := slices.DeleteFunc(slices.Clone(eps), func(e endpoint) bool {
+				return e.owner == owner
+			})
+			if len(kept) == 0 {
+				continue
+			}
+			if next == nil {
+				next = map[string][]endpoint{}
+			}
+			next[svc] = kept
+		}
+		c.endpoints = next
+	})
+}

@@ -1,0 +1,70 @@
+package proxyless
+
+import (
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/meshca/meshca/xds"
+)
+
+// Workload describes a proxyless gRPC workload for its xDS bootstrap.
+type Workload struct {
+	// ServerURI is meshca's gRPC address, host:port.
+	ServerURI string
+	// ServerName is checked in meshca's certificate when it differs from the host.
+	ServerName string
+	// CAFile holds the roots meshca's certificate chains to (the bundle ConfigMap).
+	CAFile string
+	// TokenFile is the projected service-account token (audience meshca).
+	TokenFile string
+	// NodeID names the workload in meshca's logs, e.g. the pod name.
+	NodeID string
+	// Metadata is sent as node metadata (see xds.MetaService, xds.MetaInstanceIP).
+	Metadata map[string]string
+	// CertFile, KeyFile and BundleFile are where the workload's SVID, its key and
+	// the trust bundle are kept up to date; grpc-go's file_watcher reads them.
+	CertFile, KeyFile, BundleFile string
+	// Refresh is how often grpc-go re-reads the files (default 10 minutes).
+	Refresh time.Duration
+}
+
+// Bootstrap returns the grpc-go xDS bootstrap JSON of a workload: meshca as the only
+// xDS server, reached with the "meshca" credentials, and the certificate provider
+// instance that meshca's listeners and clusters name.
+func Bootstrap(w Workload) ([]byte, error) {
+	if w.ServerURI == "" || w.CAFile == "" || w.TokenFile == "" || w.NodeID == "" {
+		return nil, errors.New("server URI, CA file, token file and node ID are required")
+	}
+	if w.CertFile == "" || w.KeyFile == "" || w.BundleFile == "" {
+		return nil, errors.New("certificate, key and bundle files are required")
+	}
+	refresh := w.Refresh
+	if refresh <= 0 {
+		refresh = 10 * time.Minute
+	}
+	type obj = map[string]any
+	doc := obj{
+		"xds_servers": []obj{{
+			"server_uri": w.ServerURI,
+			"channel_creds": []obj{{"type": CredentialsType, "config": CredentialsConfig{
+				CAFile: w.CAFile, TokenFile: w.TokenFile, ServerName: w.ServerName,
+			}}},
+			"server_features": []string{"xds_v3"},
+		}},
+		"node": obj{"id": w.NodeID, "metadata": w.Metadata},
+		"certificate_providers": obj{
+			xds.CertProviderInstance: obj{
+				"plugin_name": "file_watcher",
+				"config": obj{
+					"certificate_file":    w.CertFile,
+					"private_key_file":    w.KeyFile,
+					"ca_certificate_file": w.BundleFile,
+					"refresh_interval":    refresh.String(),
+				},
+			},
+		},
+		"server_listener_resource_name_template": xds.ServerListenerPrefix + "%s",
+	}
+	return json.MarshalIndent(doc, "", "  ")
+}
