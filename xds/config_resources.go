@@ -74,7 +74,7 @@ func (sess *session) resolveConfig(typeURL string, names []string, node *core.No
 	if len(names) == 0 {
 		switch {
 		case typeURL == listenerTypeURL && inbound != 0 && app != 0:
-			l := sidecarListener(inbound, app, sess.compiledRBAC(log))
+			l := sidecarListener(inbound, app, sess.ident.ID.TrustDomain(), sess.compiledRBAC(log))
 			add(l.Name, l)
 		case typeURL == clusterTypeURL && app != 0:
 			add(localClusterName(app), localCluster(app))

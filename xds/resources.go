@@ -5,6 +5,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -18,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/meshca/meshca/xds/authz"
@@ -280,14 +282,19 @@ func outboundCluster(svc string, ids []spiffeid.ID) *clusterv3.Cluster {
 	}
 }
 
-// loadAssignment lists the endpoints of a service in one locality. The locality has a
-// weight: grpc-go never picks an endpoint of a locality without one.
+// loadAssignment lists the endpoints of a service in one locality. The locality has an
+// ID and a weight: grpc-go rejects a locality without an ID and never picks an
+// endpoint of a locality without a weight.
 func loadAssignment(name string, eps []endpoint) *endpointv3.ClusterLoadAssignment {
 	la := &endpointv3.ClusterLoadAssignment{ClusterName: name}
 	if len(eps) == 0 {
 		return la
 	}
-	loc := &endpointv3.LocalityLbEndpoints{LoadBalancingWeight: wrapperspb.UInt32(1)}
+	// TODO: endpoints carry no zone yet: every server is in one locality.
+	loc := &endpointv3.LocalityLbEndpoints{
+		Locality:            &core.Locality{Zone: "default"},
+		LoadBalancingWeight: wrapperspb.UInt32(1),
+	}
 	for _, e := range eps {
 		host, portStr, _ := net.SplitHostPort(e.addr)
 		port, _ := strconv.ParseUint(portStr, 10, 16)
@@ -305,11 +312,16 @@ func loadAssignment(name string, eps []endpoint) *endpointv3.ClusterLoadAssignme
 // sidecarListener is an Envoy sidecar's inbound listener on port: mTLS with the
 // workload's certificate and the roots over SDS, the path normalized, the RBAC
 // filters, and a route to the application on appPort.
-func sidecarListener(port, appPort uint32, rbac *authz.CompiledRBAC) *listenerv3.Listener {
+func sidecarListener(port, appPort uint32, td spiffeid.TrustDomain,
+	rbac *authz.CompiledRBAC) *listenerv3.Listener {
 	filters := append(append([]*hcmv3.HttpFilter{}, rbac.Filters...), routerFilter())
 	hcm := &hcmv3.HttpConnectionManager{
 		StatPrefix: "inbound",
 		CodecType:  hcmv3.HttpConnectionManager_AUTO,
+		// Tell the application who called: the caller's SPIFFE ID replaces any
+		// x-forwarded-client-cert header the caller sent.
+		ForwardClientCertDetails:    hcmv3.HttpConnectionManager_SANITIZE_SET,
+		SetCurrentClientCertDetails: &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{Uri: true},
 		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{
 			RouteConfig: &routev3.RouteConfiguration{
 				Name: "inbound",
@@ -338,9 +350,25 @@ func sidecarListener(port, appPort uint32, rbac *authz.CompiledRBAC) *listenerv3
 	tls := &tlsv3.DownstreamTlsContext{
 		RequireClientCertificate: wrapperspb.Bool(true),
 		CommonTlsContext: &tlsv3.CommonTlsContext{
+			AlpnProtocols: []string{"h2", "http/1.1"},
+			TlsParams: &tlsv3.TlsParameters{
+				TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_2,
+			},
 			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sds(SecretDefault)},
-			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{
-				ValidationContextSdsSecretConfig: sds(SecretRootCA),
+			// Callers are verified against the trust bundle and must carry a SPIFFE ID
+			// of the trust domain; the RBAC filters then judge which one.
+			ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{
+				CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+					DefaultValidationContext: &tlsv3.CertificateValidationContext{
+						MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{
+							SanType: tlsv3.SubjectAltNameMatcher_URI,
+							Matcher: &matcherv3.StringMatcher{
+								MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: td.IDString() + "/"},
+							},
+						}},
+					},
+					ValidationContextSdsSecretConfig: sds(SecretRootCA),
+				},
 			},
 		},
 	}
@@ -365,6 +393,7 @@ func localCluster(appPort uint32) *clusterv3.Cluster {
 	return &clusterv3.Cluster{
 		Name:                 name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ConnectTimeout:       durationpb.New(time.Second),
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{
 			ClusterName: name,
 			Endpoints: []*endpointv3.LocalityLbEndpoints{{

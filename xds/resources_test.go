@@ -150,6 +150,7 @@ func TestProxylessResources(t *testing.T) {
 	require.Len(t, eps, 1)
 	require.Equal(t, uint32(1), eps[0].GetLoadBalancingWeight().GetValue(),
 		"grpc-go ignores a locality without a weight")
+	require.NotNil(t, eps[0].GetLocality(), "grpc-go rejects a locality without an ID")
 
 	// When the server's stream ends, its endpoint goes.
 	server.close()

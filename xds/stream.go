@@ -25,9 +25,9 @@ type streamHandlers[Req any] struct {
 }
 
 // serveStream is the loop every discovery stream shares: authenticate, then one
-// select over the client's requests, renewals, bundle changes, configuration changes, the token's expiry and
-// the server becoming ready. Requests that arrive before the CA is ready wait, in
-// order, and are answered as soon as it is.
+// select over the client's requests, renewals, bundle and configuration changes, the
+// token's expiry and the server becoming ready. Requests that arrive before the CA is
+// ready wait, in order, and are answered as soon as it is.
 func serveStream[Req any](s *Server, ctx context.Context, op string, recv func() (Req, error),
 	h streamHandlers[Req]) error {
 	ident, err := api.Authenticate(ctx, s.cfg.Auth)

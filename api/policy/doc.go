@@ -17,8 +17,9 @@
 //
 // [Parse] reads multi-document YAML and refuses unknown fields; [Validate] and
 // [ValidateSet] check values and conflicts; [ValidateFiles] does both for files and
-// directories. Every problem is reported as its own [*FieldError] naming the file, the
-// document, the field path and the line, so a caller can print one precise error per
-// problem. The semantics (DENY first, ALLOW as an allow-list, default allow) are those
-// of docs/policy.md; package xds/authz compiles policies into Envoy RBAC.
+// directories, [ValidateContents] for contents already read. Every problem is
+// reported as its own [*FieldError] naming the file, the document, the field path and
+// the line, so a caller can print one precise error per problem. The semantics (DENY
+// first, ALLOW as an allow-list, default allow) are those of docs/policy.md; package
+// xds/authz compiles policies into Envoy RBAC.
 package policy

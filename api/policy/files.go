@@ -29,7 +29,7 @@ func ReadFiles(paths []string) ([]Policy, error) {
 
 // readFiles returns the files it read, their policies, and every problem.
 func readFiles(paths []string) (files []string, policies []Policy, errs []error) {
-	files, err := expandPaths(paths)
+	files, err := ExpandPaths(paths)
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -48,8 +48,12 @@ func readFiles(paths []string) (files []string, policies []Policy, errs []error)
 	return files, policies, errs
 }
 
-// expandPaths replaces each directory by its policy files.
-func expandPaths(paths []string) ([]string, error) {
+// ExpandPaths returns the files ReadFiles and ValidateFiles read for paths: a
+// directory is replaced by its *.yaml, *.yml and *.json files, in name order, without
+// its subdirectories; any other path is kept. The error joins every path that cannot
+// be read and every directory without policy files; the files found are returned
+// even then.
+func ExpandPaths(paths []string) ([]string, error) {
 	var (
 		files []string
 		errs  []error
@@ -83,19 +87,85 @@ func expandPaths(paths []string) ([]string, error) {
 	return files, errors.Join(errs...)
 }
 
+// File is the content of one policy file, for [ValidateContents].
+type File struct {
+	// Name identifies the content in errors, usually the path of its file.
+	Name string
+	// Data holds YAML or JSON documents.
+	Data []byte
+}
+
 // ValidateFiles reads policies as [ReadFiles] does and validates them as a set with
-// [ValidateSet], in trust domain td. It returns every problem, one error per problem,
-// ordered by file, document and line: each is a [*FieldError], except for files or
-// directories that cannot be read. It returns nil when every policy is valid.
+// [ValidateContents], in trust domain td. It returns every problem, one error per
+// problem: first the files or directories that cannot be read, then the
+// [*FieldError]s. It returns nil when every policy is valid.
 //
 // This is `meshctl policy validate`: it reports everything wrong in one run.
 func ValidateFiles(paths []string, td spiffeid.TrustDomain) []error {
 	if td.IsZero() {
 		return []error{errNoTrustDomain}
 	}
-	files, policies, errs := readFiles(paths)
-	errs = append(errs, ValidateSet(policies, td))
+	files, err := ExpandPaths(paths)
+	var errs []error
+	if err != nil {
+		errs = append(errs, err)
+	}
+	contents := make([]File, 0, len(files))
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("failed to read policy file: %w", err))
+			continue
+		}
+		contents = append(contents, File{Name: f, Data: data})
+	}
+	return append(flatten(errs), ValidateContents(contents, td)...)
+}
 
+// ValidateContents parses every file with [Parse] and validates all their policies
+// as one set with [ValidateSet], in trust domain td: it is [ValidateFiles] for
+// contents already read, e.g. from standard input. It returns every problem as its
+// own [*FieldError], ordered by file, document and line, or nil when every policy is
+// valid.
+func ValidateContents(files []File, td spiffeid.TrustDomain) []error {
+	if td.IsZero() {
+		return []error{errNoTrustDomain}
+	}
+	var (
+		policies []Policy
+		errs     []error
+	)
+	for _, f := range files {
+		ps, err := Parse(f.Data, f.Name)
+		policies = append(policies, ps...)
+		errs = append(errs, err)
+	}
+	errs = append(errs, ValidateSet(policies, td))
+	flat := flatten(errs)
+
+	// Field errors sort by the order of their files, then document and line; other
+	// errors come first, as they were found.
+	order := make(map[string]int, len(files))
+	for i, f := range files {
+		if _, ok := order[f.Name]; !ok {
+			order[f.Name] = i
+		}
+	}
+	slices.SortStableFunc(flat, func(a, b error) int {
+		fa, oka := a.(*FieldError)
+		fb, okb := b.(*FieldError)
+		if !oka || !okb {
+			return cmp.Compare(rank(oka), rank(okb))
+		}
+		return cmp.Or(cmp.Compare(order[fa.Source], order[fb.Source]),
+			cmp.Compare(fa.Doc, fb.Doc), cmp.Compare(fa.Line, fb.Line))
+	})
+	return flat
+}
+
+// flatten replaces each joined error by the [*FieldError]s it holds, one per problem,
+// and drops nil errors.
+func flatten(errs []error) []error {
 	var flat []error
 	for _, err := range errs {
 		if fes := FieldErrors(err); len(fes) > 0 {
@@ -108,24 +178,6 @@ func ValidateFiles(paths []string, td spiffeid.TrustDomain) []error {
 			flat = append(flat, err)
 		}
 	}
-
-	// Field errors sort by the order of their files, then document and line; other
-	// errors (unreadable paths) come first, as they were found.
-	order := make(map[string]int, len(files))
-	for i, f := range files {
-		if _, ok := order[f]; !ok {
-			order[f] = i
-		}
-	}
-	slices.SortStableFunc(flat, func(a, b error) int {
-		fa, oka := a.(*FieldError)
-		fb, okb := b.(*FieldError)
-		if !oka || !okb {
-			return cmp.Compare(rank(oka), rank(okb))
-		}
-		return cmp.Or(cmp.Compare(order[fa.Source], order[fb.Source]),
-			cmp.Compare(fa.Doc, fb.Doc), cmp.Compare(fa.Line, fb.Line))
-	})
 	return flat
 }
 

@@ -48,6 +48,7 @@ type serverFlags struct {
 	tokenCacheTTL  time.Duration
 	kubeQPS        float32
 	kubeBurst      int
+	defaultDeny    bool
 }
 
 func newServerCommand() *cobra.Command {
@@ -106,6 +107,8 @@ func newServerCommand() *cobra.Command {
 		"how long a successful token review is reused (never past the token's expiry)")
 	fs.Float32Var(&f.kubeQPS, "kube-qps", 500, "Kubernetes client requests per second")
 	fs.IntVar(&f.kubeBurst, "kube-burst", 1000, "Kubernetes client burst")
+	fs.BoolVar(&f.defaultDeny, "default-deny", false,
+		"deny every request to a workload that no ALLOW policy selects")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return cmd
@@ -158,6 +161,7 @@ func (f *serverFlags) config() (server.Config, error) {
 		GRPCAddr:       f.grpcAddr,
 		HTTPAddr:       f.httpAddr,
 		ServerDNSNames: f.serverDNSNames,
+		DefaultDeny:    f.defaultDeny,
 		Logger:         log,
 		CA: ca.Config{
 			DefaultTTL: f.leafTTL, MaxTTL: f.maxTTL, RootTTL: f.rootTTL,

@@ -28,6 +28,7 @@ type adminClient struct {
 	conn    *grpc.ClientConn
 	dialer  *socketDialer
 	api     meshcav1.AdminServiceClient
+	policy  meshcav1.PolicyServiceClient
 }
 
 // dialAdmin prepares a client of the admin socket. Nothing is dialed yet: the first
@@ -49,7 +50,8 @@ func (g *globals) dialAdmin() (*adminClient, error) {
 	}
 	return &adminClient{
 		socket: path, timeout: g.timeout, conn: conn, dialer: d,
-		api: meshcav1.NewAdminServiceClient(conn),
+		api:    meshcav1.NewAdminServiceClient(conn),
+		policy: meshcav1.NewPolicyServiceClient(conn),
 	}, nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -31,6 +32,14 @@ var clusterLocal = spiffeid.RequireTrustDomainFromString("cluster.local")
 // its admin socket. The server stops when the test ends.
 func startServer(t *testing.T) string {
 	t.Helper()
+	socket, _ := startServerAt(t, t.TempDir())
+	return socket
+}
+
+// startServerAt runs a real meshca server on dataDir and returns its admin socket and
+// a function that stops it and waits until it has; it also stops when the test ends.
+func startServerAt(t *testing.T, dataDir string) (socket string, stop func()) {
+	t.Helper()
 	// Unix socket paths are limited to about 100 bytes; test temp dirs can be longer.
 	sockDir, err := os.MkdirTemp("", "meshctl")
 	require.NoError(t, err)
@@ -38,7 +47,7 @@ func startServer(t *testing.T) string {
 
 	ready := make(chan server.Addrs, 1)
 	srv, err := server.New(server.Config{
-		DataDir:     t.TempDir(),
+		DataDir:     dataDir,
 		TrustDomain: clusterLocal,
 		AdminSocket: filepath.Join(sockDir, "admin.sock"),
 		GRPCAddr:    "127.0.0.1:0",
@@ -50,25 +59,29 @@ func startServer(t *testing.T) string {
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			require.NoError(t, err)
-		case <-time.After(10 * time.Second):
-			t.Error("server did not stop within 10s")
-		}
-	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				require.NoError(t, err)
+			case <-time.After(10 * time.Second):
+				t.Error("server did not stop within 10s")
+			}
+		})
+	}
+	t.Cleanup(stop)
 
 	select {
 	case a := <-ready:
-		return a.Admin
+		return a.Admin, stop
 	case err := <-done:
 		t.Fatalf("server stopped before it was ready: %v", err)
 	case <-time.After(30 * time.Second):
 		t.Fatal("server not ready within 30s")
 	}
-	return ""
+	return "", stop
 }
 
 // mustRun runs meshctl against socket and fails the test on an error.

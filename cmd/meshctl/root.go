@@ -34,7 +34,8 @@ func newRootCommand(now func() time.Time) *cobra.Command {
 		Short: "Operate a meshca certificate authority",
 		Long: "meshctl talks to a running meshca server over its admin socket: it shows the\n" +
 			"authorities, exports the trust bundle, mints SVIDs for workloads outside\n" +
-			"Kubernetes and lists what was issued. `cert inspect` also works offline.",
+			"Kubernetes, lists what was issued and manages authorization policies.\n" +
+			"`cert inspect` and `policy validate` also work offline.",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(*cobra.Command, []string) error {
@@ -55,7 +56,7 @@ func newRootCommand(now func() time.Time) *cobra.Command {
 		cobra.FixedCompletions(formatNames, cobra.ShellCompDirectiveNoFileComp))
 
 	root.AddCommand(newCACommand(g), newBundleCommand(g), newSVIDCommand(g),
-		newCertCommand(g))
+		newCertCommand(g), newPolicyCommand(g))
 	return root
 }
 

@@ -292,3 +292,34 @@ func BenchmarkValidateDirectBootstrap(b *testing.B) {
 		}
 	}
 }
+
+func TestXDSBootstrap(t *testing.T) {
+	data, err := os.ReadFile("../../deploy/envoy/bootstrap-xds.yaml")
+	require.NoError(t, err)
+	bs, err := envoyvalidate.LoadBootstrap(data)
+	require.NoError(t, err, "deploy/envoy/bootstrap-xds.yaml does not validate")
+
+	// meshca builds the inbound listener from these two ports.
+	meta := bs.GetNode().GetMetadata().GetFields()
+	require.Equal(t, "15006", meta["meshca.io/inbound-port"].GetStringValue())
+	require.Equal(t, "8080", meta["meshca.io/app-port"].GetStringValue())
+
+	dyn := bs.GetDynamicResources()
+	require.NotNil(t, dyn.GetLdsConfig().GetAds(), "listeners come over ADS")
+	require.NotNil(t, dyn.GetCdsConfig().GetAds(), "clusters come over ADS")
+	ads := dyn.GetAdsConfig()
+	require.Equal(t, corev3.ApiConfigSource_GRPC, ads.GetApiType())
+	require.Len(t, ads.GetGrpcServices(), 1)
+	g := ads.GetGrpcServices()[0].GetGoogleGrpc()
+	require.NotNil(t, g, "only google_grpc attaches call credentials")
+	require.Equal(t, rootCAFile, g.GetChannelCredentials().GetSslCredentials().
+		GetRootCerts().GetFilename())
+	require.Equal(t, fileBasedMetadata, g.GetCredentialsFactoryName())
+	require.Len(t, g.GetCallCredentials(), 1)
+	plugin := g.GetCallCredentials()[0].GetFromPlugin()
+	require.Equal(t, fileBasedMetadata, plugin.GetName())
+	cfg := unpack(t, plugin.GetTypedConfig(), &grpccredentialv3.FileBasedMetadataConfig{})
+	require.Equal(t, tokenFile, cfg.GetSecretData().GetFilename())
+	require.Equal(t, "authorization", cfg.GetHeaderKey())
+	require.Equal(t, "Bearer ", cfg.GetHeaderPrefix())
+}

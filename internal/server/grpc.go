@@ -91,9 +91,10 @@ func newMainGRPC(addr string, serving *servingCert, m *metrics, log *slog.Logger
 	return &grpcServer{name: "main gRPC", srv: srv, lis: lis, health: hs, log: log}, nil
 }
 
-// newAdminGRPC listens on the admin Unix socket, mode 0600, with the admin API.
-func newAdminGRPC(path string, authority *ca.CA, st *store.Bolt, m *metrics,
-	log *slog.Logger) (*grpcServer, error) {
+// newAdminGRPC listens on the admin Unix socket, mode 0600, with the admin and policy
+// APIs.
+func newAdminGRPC(path string, authority *ca.CA, st *store.Bolt,
+	policies meshcav1.PolicyServiceServer, m *metrics, log *slog.Logger) (*grpcServer, error) {
 	if err := removeStaleSocket(path); err != nil {
 		return nil, err
 	}
@@ -113,6 +114,7 @@ func newAdminGRPC(path string, authority *ca.CA, st *store.Bolt, m *metrics,
 	meshcav1.RegisterAdminServiceServer(srv, api.NewAdmin(api.AdminConfig{
 		CA: authority, Audit: st, Logger: log,
 	}))
+	meshcav1.RegisterPolicyServiceServer(srv, policies)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv)

@@ -46,6 +46,9 @@ type Config struct {
 	CA ca.Config
 	// Kube says how to reach the Kubernetes API for token authentication.
 	Kube KubeConfig
+	// DefaultDeny denies every request to a workload that no ALLOW policy selects;
+	// without it such a workload accepts every caller that no DENY policy names.
+	DefaultDeny bool
 	// Logger is the process logger.
 	Logger *slog.Logger
 	// Ready, when set, is called once every listener is up and the CA is loaded.
@@ -150,16 +153,24 @@ func (s *Server) build(ctx context.Context, st *store.Bolt) ([]runner, Addrs, er
 	}
 
 	discovery := xds.New(xds.Config{
-		Auth: auth, CertTTL: s.cfg.CA.DefaultTTL, Logger: s.log, Metrics: metrics,
+		Auth: auth, CertTTL: s.cfg.CA.DefaultTTL, DefaultDeny: s.cfg.DefaultDeny,
+		Logger: s.log, Metrics: metrics,
 	})
 	discovery.SetIssuer(authority)
+	policies := newPolicySync(st, discovery, s.cfg.TrustDomain, s.log)
+	if err := policies.push(ctx); err != nil {
+		return nil, Addrs{}, fmt.Errorf("failed to load authorization policies: %w", err)
+	}
 	mainGRPC, err := newMainGRPC(s.cfg.GRPCAddr, serving, metrics, s.log,
 		api.NewCertificates(api.CertificateConfig{CA: authority, Auth: auth, Logger: s.log}),
 		discovery)
 	if err != nil {
 		return nil, Addrs{}, err
 	}
-	admin, err := newAdminGRPC(s.cfg.AdminSocket, authority, st, metrics, s.log)
+	policyAPI := api.NewPolicies(api.PolicyConfig{
+		Store: st, TrustDomain: s.cfg.TrustDomain, Changed: policies.changed, Logger: s.log,
+	})
+	admin, err := newAdminGRPC(s.cfg.AdminSocket, authority, st, policyAPI, metrics, s.log)
 	if err != nil {
 		mainGRPC.close()
 		return nil, Addrs{}, err

@@ -28,13 +28,15 @@ import (
 
 // meshca is a running in-process server for one test.
 type meshca struct {
-	addrs   server.Addrs
-	admin   meshcav1.AdminServiceClient
-	certs   meshcav1.CertificateServiceClient
-	roots   *x509.CertPool
-	conn    *grpc.ClientConn // to the main gRPC port
-	reviews *atomic.Int64    // TokenReview requests seen at meshca's HTTP transport
-	stop    func()           // stops the server and waits for it; idempotent
+	addrs server.Addrs
+	admin meshcav1.AdminServiceClient
+	// policies is the policy admin API, the one meshctl policy uses.
+	policies meshcav1.PolicyServiceClient
+	certs    meshcav1.CertificateServiceClient
+	roots    *x509.CertPool
+	conn     *grpc.ClientConn // to the main gRPC port
+	reviews  *atomic.Int64    // TokenReview requests seen at meshca's HTTP transport
+	stop     func()           // stops the server and waits for it; idempotent
 }
 
 type serverOpts struct {
@@ -43,6 +45,8 @@ type serverOpts struct {
 	leafTTL  time.Duration // workload certificate lifetime; default 1h
 	dataDir  string        // default a new temp dir
 	grpcAddr string        // default 127.0.0.1:0
+	// defaultDeny denies requests to workloads no ALLOW policy selects.
+	defaultDeny bool
 }
 
 // startMeshca runs a server on a temp dir with the Kubernetes API reached through
@@ -76,8 +80,9 @@ func startMeshca(t *testing.T, opts serverOpts) *meshca {
 			RESTConfig: restCfg, Audience: "meshca", CacheTTL: opts.cacheTTL,
 			QPS: 1000, Burst: 1000,
 		},
-		Ready: func(a server.Addrs) { ready <- a },
-		CA:    ca.Config{DefaultTTL: opts.leafTTL},
+		DefaultDeny: opts.defaultDeny,
+		Ready:       func(a server.Addrs) { ready <- a },
+		CA:          ca.Config{DefaultTTL: opts.leafTTL},
 	})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -106,6 +111,7 @@ func startMeshca(t *testing.T, opts serverOpts) *meshca {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = adminConn.Close() })
 	m.admin = meshcav1.NewAdminServiceClient(adminConn)
+	m.policies = meshcav1.NewPolicyServiceClient(adminConn)
 
 	b, err := m.admin.GetBundle(ctx, &meshcav1.GetBundleRequest{})
 	require.NoError(t, err)

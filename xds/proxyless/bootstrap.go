@@ -3,6 +3,7 @@ package proxyless
 import (
 	"encoding/json"
 	"errors"
+	"strconv"
 	"time"
 
 	"github.com/meshca/meshca/xds"
@@ -44,6 +45,10 @@ func Bootstrap(w Workload) ([]byte, error) {
 		refresh = 10 * time.Minute
 	}
 	type obj = map[string]any
+	node := obj{"id": w.NodeID}
+	if len(w.Metadata) > 0 {
+		node["metadata"] = w.Metadata
+	}
 	doc := obj{
 		"xds_servers": []obj{{
 			"server_uri": w.ServerURI,
@@ -52,7 +57,7 @@ func Bootstrap(w Workload) ([]byte, error) {
 			}}},
 			"server_features": []string{"xds_v3"},
 		}},
-		"node": obj{"id": w.NodeID, "metadata": w.Metadata},
+		"node": node,
 		"certificate_providers": obj{
 			xds.CertProviderInstance: obj{
 				"plugin_name": "file_watcher",
@@ -60,11 +65,17 @@ func Bootstrap(w Workload) ([]byte, error) {
 					"certificate_file":    w.CertFile,
 					"private_key_file":    w.KeyFile,
 					"ca_certificate_file": w.BundleFile,
-					"refresh_interval":    refresh.String(),
+					"refresh_interval":    durationJSON(refresh),
 				},
 			},
 		},
 		"server_listener_resource_name_template": xds.ServerListenerPrefix + "%s",
 	}
 	return json.MarshalIndent(doc, "", "  ")
+}
+
+// durationJSON formats a duration as google.protobuf.Duration does in JSON: seconds
+// with an "s" suffix.
+func durationJSON(d time.Duration) string {
+	return strconv.FormatFloat(d.Seconds(), 'f', -1, 64) + "s"
 }
