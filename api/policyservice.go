@@ -177,7 +177,7 @@ func (s *Policies) apply(ctx context.Context, policies []policy.Policy,
 		if dryRun || len(p.writes) == 0 {
 			return p.changes, nil
 		}
-		recs, err := s.store.ApplyPolicies(ctx, p.writes)
+		recs, err := s.store.ApplyPolicies(ctx, append(slices.Clip(p.writes), p.guards...))
 		if errors.Is(err, store.ErrConflict) && attempt < maxPolicyAttempts {
 			s.log.DebugContext(ctx, "Policy write conflicted, planning again",
 				"attempt", attempt, "error", err)
@@ -186,8 +186,8 @@ func (s *Policies) apply(ctx context.Context, policies []policy.Policy,
 		if err != nil {
 			return nil, fmt.Errorf("failed to store policies: %w", err)
 		}
-		for i, rec := range recs {
-			p.written[i].NewRevision = rec.Revision
+		for i, c := range p.written {
+			c.NewRevision = recs[i].Revision
 		}
 		s.committed(ctx, p.written)
 		return p.changes, nil
@@ -200,6 +200,10 @@ type policyPlan struct {
 	changes []*meshcav1.PolicyChange
 	writes  []store.PolicyWrite
 	written []*meshcav1.PolicyChange
+	// guards re-check, in the same transaction, the revision of every policy the
+	// apply leaves unchanged: an expectation, or the validation of the set, must hold
+	// when the writes commit, not only when they were planned. They write nothing.
+	guards []store.PolicyWrite
 }
 
 // plan reads the stored policies, checks the expectations against them, validates the
@@ -240,6 +244,10 @@ func (s *Policies) plan(ctx context.Context, policies []policy.Policy,
 		}
 		plan.changes = append(plan.changes, c)
 		if c.Action == actionUnchanged {
+			plan.guards = append(plan.guards, store.PolicyWrite{
+				Namespace: c.Namespace, Name: c.Name, Document: old.rec.Document,
+				ExpectRevision: old.rec.Revision, Author: policyAuthor,
+			})
 			continue
 		}
 		plan.writes = append(plan.writes, store.PolicyWrite{

@@ -486,3 +486,23 @@ func TestPolicyHistoryAndRollback(t *testing.T) {
 		Namespace: "payments", Name: "never"})
 	requireCode(t, err, codes.NotFound, "policy payments/never: not found")
 }
+
+// An expectation on a policy the apply leaves unchanged holds when the other writes
+// commit, not only when they were planned.
+func TestUnchangedPolicyExpectationHoldsAtCommit(t *testing.T) {
+	f := newFixture(t)
+	f.mustApply(t, policyDoc("charge", "/charge"))
+	var changed atomic.Int32
+	st := &interferingStore{Bolt: f.store, doc: policyDoc("charge", "/other")}
+	svc := newService(st, clusterLocal, &changed)
+	_, err := svc.ApplyPolicies(t.Context(), &meshcav1.ApplyPoliciesRequest{
+		Sources: []*meshcav1.PolicySource{
+			source("p.yaml", policyDoc("charge", "/charge"), policyDoc("refund", "/refund")),
+		},
+		Expect: []*meshcav1.Expectation{{Namespace: "payments", Name: "charge", Revision: 1}},
+	})
+	requireCode(t, err, codes.Aborted, "policy payments/charge is at revision 2, expected 1")
+	require.Zero(t, changed.Load())
+	_, err = f.store.Policy(t.Context(), "payments", "refund")
+	require.ErrorIs(t, err, store.ErrNotFound, "refund was written despite the conflict")
+}

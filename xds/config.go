@@ -15,6 +15,9 @@ import (
 // consistent view.
 type configState struct {
 	policies []policy.Policy
+	// policyGen counts the changes of policies, so that listeners are compiled again
+	// only when the policies change, not when endpoints do.
+	policyGen uint64
 	// endpoints maps a service ("<name>.<namespace>") to the servers that registered
 	// for it, in registration order.
 	endpoints map[string][]endpoint
@@ -36,7 +39,7 @@ type endpoint struct {
 // valid (see policy.ValidateSet); the caller keeps no reference to the slice.
 func (s *Server) SetPolicies(ps []policy.Policy) {
 	ps = slices.Clone(ps)
-	s.updateConfig(func(c *configState) { c.policies = ps })
+	s.updateConfig(func(c *configState) { c.policies, c.policyGen = ps, c.policyGen+1 })
 }
 
 // watchConfig returns the configuration in force; its changed channel is closed when
@@ -51,28 +54,48 @@ func (s *Server) watchConfig() *configState {
 func (s *Server) updateConfig(change func(*configState)) {
 	s.configMu.Lock()
 	prev := s.config
-	next := &configState{policies: prev.policies, endpoints: prev.endpoints,
-		changed: make(chan struct{})}
+	next := &configState{policies: prev.policies, policyGen: prev.policyGen,
+		endpoints: prev.endpoints, changed: make(chan struct{})}
 	change(next)
 	s.config = next
 	s.configMu.Unlock()
 	close(prev.changed)
 }
 
-// registerEndpoint adds a server of service at addr, unless owner registered it already.
+// registerEndpoint makes e a server of service. An endpoint registered before at the
+// same address is replaced: clients must never see one address twice (grpc-go rejects
+// such an assignment), and the latest registration is the live one.
 func (s *Server) registerEndpoint(service string, e endpoint) {
 	if slices.Contains(s.watchConfig().endpoints[service], e) {
 		return
 	}
 	s.updateConfig(func(c *configState) {
-		if slices.Contains(c.endpoints[service], e) {
-			return
-		}
+		eps := slices.DeleteFunc(slices.Clone(c.endpoints[service]), func(o endpoint) bool {
+			return o.addr == e.addr
+		})
 		c.endpoints = maps.Clone(c.endpoints)
 		if c.endpoints == nil {
 			c.endpoints = map[string][]endpoint{}
 		}
-		c.endpoints[service] = append(slices.Clone(c.endpoints[service]), e)
+		c.endpoints[service] = append(eps, e)
+	})
+}
+
+// unregisterEndpoint removes one endpoint, unless it is gone or was replaced.
+func (s *Server) unregisterEndpoint(service string, e endpoint) {
+	if !slices.Contains(s.watchConfig().endpoints[service], e) {
+		return
+	}
+	s.updateConfig(func(c *configState) {
+		eps := slices.DeleteFunc(slices.Clone(c.endpoints[service]), func(o endpoint) bool {
+			return o == e
+		})
+		c.endpoints = maps.Clone(c.endpoints)
+		if len(eps) == 0 {
+			delete(c.endpoints, service)
+		} else {
+			c.endpoints[service] = eps
+		}
 	})
 }
 

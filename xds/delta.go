@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/hex"
 	"log/slog"
+	"slices"
 	"strconv"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -27,6 +28,16 @@ type deltaState struct {
 	versions map[string]string
 	started  bool
 	nonce    uint64
+}
+
+// wantsBundle says whether the stream is subscribed to a bundle secret.
+func (st *deltaState) wantsBundle(sess *session) bool {
+	for n := range st.versions {
+		if kind, err := classifyName(n, sess.ident); err == nil && kind == kindBundle {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Server) serveDelta(stream deltaStream, op string) error {
@@ -61,6 +72,9 @@ func (s *Server) onDeltaRequest(ctx context.Context, stream deltaStream, sess *s
 			"detail", detail.GetMessage())
 		return nil
 	}
+	if req.GetResponseNonce() != "" {
+		s.acks.acked(sess.id, st.nonce)
+	}
 
 	subscribe := req.GetResourceNamesSubscribe()
 	if !st.started && len(subscribe) == 0 {
@@ -79,6 +93,9 @@ func (s *Server) onDeltaRequest(ctx context.Context, stream deltaStream, sess *s
 	}
 	for _, n := range req.GetResourceNamesUnsubscribe() {
 		delete(st.versions, n)
+	}
+	if !st.wantsBundle(sess) {
+		s.acks.drop(sess.id)
 	}
 	if len(added) == 0 {
 		return nil
@@ -122,6 +139,15 @@ func (s *Server) pushDelta(ctx context.Context, stream deltaStream, sess *sessio
 	if err := stream.Send(resp); err != nil {
 		return err
 	}
+	sent := res[:0:0]
+	for _, r := range res {
+		if slices.ContainsFunc(resp.Resources, func(x *discovery.Resource) bool {
+			return x.Name == r.name
+		}) {
+			sent = append(sent, r)
+		}
+	}
+	sess.sentBundle(st.nonce, sent)
 	s.metrics.Pushed(secretTypeURL)
 	log.Debug("Sent secrets", "node_id", st.nodeID, "nonce", resp.Nonce,
 		"count", len(resp.Resources))

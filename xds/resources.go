@@ -45,9 +45,6 @@ const (
 
 // Node metadata keys meshca reads. Values are strings.
 const (
-	// MetaService names the service a workload serves (default: its service
-	// account); clients reach it as "<service>.<namespace>".
-	MetaService = "meshca.io/service"
 	// MetaInstanceIP is the address clients dial when a server listens on an
 	// unspecified address (0.0.0.0 or ::), normally the pod IP.
 	MetaInstanceIP = "meshca.io/instance-ip"
@@ -86,16 +83,8 @@ func metaPort(node *core.Node, key string) uint32 {
 	return uint32(p)
 }
 
-// serviceName is the service a node serves, "<name>.<namespace>".
-func serviceName(node *core.Node, w authz.Workload) string {
-	name := metaString(node, MetaService)
-	if name == "" {
-		name = w.ServiceAccount
-	}
-	return name + "." + w.Namespace
-}
-
-// parseService checks a client's target "<name>.<namespace>" (two DNS labels).
+// parseService checks a client's target "<service account>.<namespace>" (two DNS
+// labels): a service is the workloads of one service account.
 func parseService(target string) (string, bool) {
 	name, ns, ok := strings.Cut(target, ".")
 	if !ok || !isDNSLabel(name) || !isDNSLabel(ns) {
@@ -169,32 +158,34 @@ func hcmFilter(hcm *hcmv3.HttpConnectionManager) *listenerv3.Filter {
 	}
 }
 
-// serverListener is the listener of a proxyless gRPC server listening on addr: mTLS
-// with the workload's certificate from the certificate provider, the RBAC filters,
-// and a route that hands every call to the server itself.
-func serverListener(name, host string, port uint32, rbac *authz.CompiledRBAC) *listenerv3.Listener {
+// inboundHCM is the connection manager of an inbound listener: one route for every
+// request, the RBAC filters, then the router.
+func inboundHCM(route *routev3.Route, rbac *authz.CompiledRBAC) *hcmv3.HttpConnectionManager {
 	filters := append(append([]*hcmv3.HttpFilter{}, rbac.Filters...), routerFilter())
-	hcm := &hcmv3.HttpConnectionManager{
+	return &hcmv3.HttpConnectionManager{
 		StatPrefix: "inbound",
 		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{
 			RouteConfig: &routev3.RouteConfiguration{
 				Name: "inbound",
 				VirtualHosts: []*routev3.VirtualHost{{
-					Name:    "inbound",
-					Domains: []string{"*"},
-					Routes: []*routev3.Route{{
-						Match: &routev3.RouteMatch{
-							PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"},
-						},
-						Action: &routev3.Route_NonForwardingAction{
-							NonForwardingAction: &routev3.NonForwardingAction{},
-						},
-					}},
+					Name: "inbound", Domains: []string{"*"}, Routes: []*routev3.Route{route},
 				}},
 			},
 		},
 		HttpFilters: filters,
 	}
+}
+
+// serverListener is the listener of a proxyless gRPC server listening on addr: mTLS
+// with the workload's certificate from the certificate provider, the RBAC filters,
+// and a route that hands every call to the server itself.
+func serverListener(name, host string, port uint32, rbac *authz.CompiledRBAC) *listenerv3.Listener {
+	hcm := inboundHCM(&routev3.Route{
+		Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+		Action: &routev3.Route_NonForwardingAction{
+			NonForwardingAction: &routev3.NonForwardingAction{},
+		},
+	}, rbac)
 	tls := &tlsv3.DownstreamTlsContext{
 		RequireClientCertificate: wrapperspb.Bool(true),
 		CommonTlsContext: &tlsv3.CommonTlsContext{
@@ -251,14 +242,19 @@ func outboundRoute(svc string) *routev3.RouteConfiguration {
 }
 
 // outboundCluster is the EDS cluster of service svc: mTLS with the workload's
-// certificate, and the server must present one of ids (any identity of the trust
-// domain when ids is empty, since there is no server to talk to then anyway).
-func outboundCluster(svc string, ids []spiffeid.ID) *clusterv3.Cluster {
+// certificate, and the server must present one of ids. With no server known, it
+// requires an ID no CA issues (empty path segments are not valid SPIFFE IDs), so
+// that a cluster never accepts whatever identity answers.
+func outboundCluster(svc string, td spiffeid.TrustDomain, ids []spiffeid.ID) *clusterv3.Cluster {
+	exact := func(s string) *matcherv3.StringMatcher {
+		return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: s}}
+	}
 	var sans []*matcherv3.StringMatcher
 	for _, id := range ids {
-		sans = append(sans, &matcherv3.StringMatcher{
-			MatchPattern: &matcherv3.StringMatcher_Exact{Exact: id.String()},
-		})
+		sans = append(sans, exact(id.String()))
+	}
+	if len(sans) == 0 {
+		sans = append(sans, exact(td.IDString()+"/ns//sa/"))
 	}
 	tls := &tlsv3.UpstreamTlsContext{
 		CommonTlsContext: &tlsv3.CommonTlsContext{
@@ -314,34 +310,18 @@ func loadAssignment(name string, eps []endpoint) *endpointv3.ClusterLoadAssignme
 // filters, and a route to the application on appPort.
 func sidecarListener(port, appPort uint32, td spiffeid.TrustDomain,
 	rbac *authz.CompiledRBAC) *listenerv3.Listener {
-	filters := append(append([]*hcmv3.HttpFilter{}, rbac.Filters...), routerFilter())
-	hcm := &hcmv3.HttpConnectionManager{
-		StatPrefix: "inbound",
-		CodecType:  hcmv3.HttpConnectionManager_AUTO,
-		// Tell the application who called: the caller's SPIFFE ID replaces any
-		// x-forwarded-client-cert header the caller sent.
-		ForwardClientCertDetails:    hcmv3.HttpConnectionManager_SANITIZE_SET,
-		SetCurrentClientCertDetails: &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{Uri: true},
-		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{
-			RouteConfig: &routev3.RouteConfiguration{
-				Name: "inbound",
-				VirtualHosts: []*routev3.VirtualHost{{
-					Name:    "inbound",
-					Domains: []string{"*"},
-					Routes: []*routev3.Route{{
-						Match: &routev3.RouteMatch{
-							PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"},
-						},
-						Action: &routev3.Route_Route{Route: &routev3.RouteAction{
-							ClusterSpecifier: &routev3.RouteAction_Cluster{
-								Cluster: localClusterName(appPort),
-							},
-						}},
-					}},
-				}},
-			},
-		},
-		HttpFilters: filters,
+	hcm := inboundHCM(&routev3.Route{
+		Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+		Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+			ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: localClusterName(appPort)},
+		}},
+	}, rbac)
+	hcm.CodecType = hcmv3.HttpConnectionManager_AUTO
+	// Tell the application who called: the caller's SPIFFE ID replaces any
+	// x-forwarded-client-cert header the caller sent.
+	hcm.ForwardClientCertDetails = hcmv3.HttpConnectionManager_SANITIZE_SET
+	hcm.SetCurrentClientCertDetails = &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{
+		Uri: true,
 	}
 	proto.Merge(hcm, authz.HCMNormalization())
 	sds := func(name string) *tlsv3.SdsSecretConfig {

@@ -61,7 +61,8 @@ func resolveMessages(t *testing.T, sess *session, typeURL string, n *core.Node,
 	names ...string) map[string]proto.Message {
 	t.Helper()
 	out := map[string]proto.Message{}
-	for _, r := range sess.resolveConfig(typeURL, names, n, slog.New(slog.DiscardHandler)) {
+	log := slog.New(slog.DiscardHandler)
+	for _, r := range sess.resolveConfig(typeURL, names, len(names) == 0, n, log) {
 		m, err := r.any.UnmarshalNew()
 		require.NoError(t, err)
 		out[r.name] = m
@@ -198,9 +199,11 @@ func TestServerOnEveryAddressNeedsInstanceIP(t *testing.T) {
 	require.Len(t, resolveMessages(t, sess, listenerTypeURL, node(nil), name), 1)
 	require.Empty(t, sess.s.watchConfig().endpoints, "no address to register")
 
-	meta := node(map[string]any{MetaInstanceIP: "10.1.2.3", MetaService: "billing"})
+	// Only a new subscription registers: ask for another listener in between.
+	resolveMessages(t, sess, listenerTypeURL, node(nil), ServerListenerPrefix+"[::]:9000")
+	meta := node(map[string]any{MetaInstanceIP: "10.1.2.3"})
 	resolveMessages(t, sess, listenerTypeURL, meta, name)
-	eps := sess.s.watchConfig().endpoints["billing.payments"]
+	eps := sess.s.watchConfig().endpoints["payments.payments"]
 	require.Len(t, eps, 1)
 	require.Equal(t, "10.1.2.3:8443", eps[0].addr)
 	require.Equal(t, sess.ident.ID, eps[0].id)
@@ -209,7 +212,7 @@ func TestServerOnEveryAddressNeedsInstanceIP(t *testing.T) {
 func TestPolicyChangeRecompiles(t *testing.T) {
 	sess := testSession(t, "payments", "payments", nil)
 	name := ServerListenerPrefix + "127.0.0.1:8443"
-	before := sess.resolveConfig(listenerTypeURL, []string{name}, node(nil),
+	before := sess.resolveConfig(listenerTypeURL, []string{name}, false, node(nil),
 		slog.New(slog.DiscardHandler))
 	changed := sess.configChanged
 	sess.s.SetPolicies(examplePolicies(t))
@@ -219,17 +222,17 @@ func TestPolicyChangeRecompiles(t *testing.T) {
 		t.Fatal("SetPolicies did not signal a change")
 	}
 	sess.refreshConfig()
-	after := sess.resolveConfig(listenerTypeURL, []string{name}, node(nil),
+	after := sess.resolveConfig(listenerTypeURL, []string{name}, false, node(nil),
 		slog.New(slog.DiscardHandler))
 	require.NotEqual(t, digest(before), digest(after))
 
 	// A workload no policy selects keeps byte-identical listeners.
 	other := testSession(t, "orders", "orders", nil)
-	a := other.resolveConfig(listenerTypeURL, []string{name}, node(nil),
+	a := other.resolveConfig(listenerTypeURL, []string{name}, false, node(nil),
 		slog.New(slog.DiscardHandler))
 	other.s.SetPolicies(examplePolicies(t))
 	other.refreshConfig()
-	b := other.resolveConfig(listenerTypeURL, []string{name}, node(nil),
+	b := other.resolveConfig(listenerTypeURL, []string{name}, false, node(nil),
 		slog.New(slog.DiscardHandler))
 	require.Equal(t, digest(a), digest(b))
 }

@@ -81,6 +81,8 @@ type Server struct {
 	config   *configState
 	// streamID numbers streams, to own the endpoints they register.
 	streamID atomic.Uint64
+	// acks tracks which bundle each subscribed stream acknowledged.
+	acks bundleAcks
 }
 
 var (

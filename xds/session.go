@@ -3,6 +3,8 @@ package xds
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
+	"slices"
 
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -17,20 +19,28 @@ type session struct {
 	ident ca.Identity
 	// id numbers the session, to own the endpoints it registers.
 	id uint64
-	// registered says whether the session registered an endpoint.
-	registered bool
+	// serving maps the server listeners the session asked for to the endpoint each
+	// registered, if it could.
+	serving map[string]*registration
+	// warned holds the names already warned about, so a warning is logged once.
+	warned map[string]bool
 
+	// wantsConfig is set once the stream asked for listeners, routes, clusters or
+	// endpoints: only then do configuration changes concern it.
+	wantsConfig   bool
 	config        *configState
 	configChanged <-chan struct{}
-	// rbac is the workload's authorization compiled from rbacFor.
+	// rbac is the workload's authorization compiled from the policies of
+	// generation rbacGen.
 	rbac    *authz.CompiledRBAC
-	rbacFor *configState
+	rbacGen uint64
 
 	cert        *certEntry
 	certCur     *workloadCert
 	certChanged <-chan struct{} // nil until a certificate is served
 
 	bundlePEM     []byte
+	bundleRoots   []*x509.Certificate
 	bundleChanged <-chan struct{}
 }
 
@@ -39,6 +49,8 @@ type namedResource struct {
 	name string
 	any  *anypb.Any
 	hash [sha256.Size]byte
+	// bundle is true for a trust bundle secret.
+	bundle bool
 }
 
 // wildcardNames is what a request with no names gets: every secret of the identity.
@@ -55,9 +67,20 @@ func (sess *session) close() {
 	if sess.cert != nil {
 		sess.s.workload.release(sess.cert)
 	}
-	if sess.registered {
+	if len(sess.serving) > 0 {
 		sess.s.unregisterEndpoints(sess.id)
 	}
+	sess.s.acks.drop(sess.id)
+}
+
+// sentBundle tells the acknowledgement registry that the response with this nonce
+// carried the session's bundle, if it did, and says whether it did.
+func (sess *session) sentBundle(nonce uint64, res []namedResource) bool {
+	if !slices.ContainsFunc(res, func(r namedResource) bool { return r.bundle }) {
+		return false
+	}
+	sess.s.acks.sent(sess.id, nonce, sess.bundleRoots)
+	return true
 }
 
 func (sess *session) refreshConfig() {
@@ -67,7 +90,8 @@ func (sess *session) refreshConfig() {
 
 func (sess *session) refreshBundle() {
 	b, ch := sess.s.issuer.WatchBundle()
-	sess.bundlePEM, sess.bundleChanged = pemCerts(b.X509Authorities()), ch
+	sess.bundleRoots = b.X509Authorities()
+	sess.bundlePEM, sess.bundleChanged = pemCerts(sess.bundleRoots), ch
 }
 
 func (sess *session) refreshCert() {
@@ -110,6 +134,7 @@ func (sess *session) resolve(ctx context.Context, names []string) ([]namedResour
 			r.any, r.hash, err = marshalSecret(certSecret(n, sess.certCur))
 		case kindBundle:
 			r.any, r.hash, err = marshalSecret(bundleSecret(n, sess.bundlePEM))
+			r.bundle = true
 		}
 		if err != nil {
 			return nil, err

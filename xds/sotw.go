@@ -33,10 +33,13 @@ type sotwState struct {
 
 // typeState is the protocol state of one resource type on a stream.
 type typeState struct {
-	names []string // the names last asked for; none is the wildcard
-	nonce string   // of the last response of this type
-	sent  [sha256.Size]byte
-	acked string // version of the last response the client accepted
+	names []string // the names last asked for, sorted, without "*"
+	// wildcard is set when the first request named nothing; star when the last one
+	// named "*". Either asks for every resource of the type.
+	wildcard, star bool
+	nonce          string // of the last response of this type
+	sent           [sha256.Size]byte
+	acked          string // version of the last response the client accepted
 }
 
 func (st *sotwState) nodeID() string { return st.node.GetId() }
@@ -75,36 +78,51 @@ func (s *Server) onSotWRequest(ctx context.Context, stream sotwStream, sess *ses
 		return api.ToStatus(ctx, s.log, op, err)
 	}
 	ts := st.types[typeURL]
-	if n := req.GetResponseNonce(); n != "" && (ts == nil || n != ts.nonce) {
+	n := req.GetResponseNonce()
+	stale := n != "" && (ts == nil || n != ts.nonce)
+	if detail := req.GetErrorDetail(); detail != nil {
+		// Counted even when a newer response has gone out since: every rejection is
+		// worth knowing about.
+		s.metrics.Rejected(typeURL)
+		log.Error("Client rejected resources", "node_id", st.nodeID(), "type", typeURL,
+			"version", req.GetVersionInfo(), "names", req.GetResourceNames(),
+			"nonce", n, "stale", stale, "detail", detail.GetMessage())
+		// The rejected content is not sent again; a change of content will be.
+		return nil
+	}
+	if stale {
 		log.Debug("Ignoring request with a stale nonce", "node_id", st.nodeID(),
 			"type", typeURL, "nonce", n)
 		return nil
 	}
-	if detail := req.GetErrorDetail(); detail != nil {
-		s.metrics.Rejected(typeURL)
-		log.Error("Client rejected resources", "node_id", st.nodeID(), "type", typeURL,
-			"version", req.GetVersionInfo(), "names", req.GetResourceNames(),
-			"detail", detail.GetMessage())
-		// The rejected content is not sent again; a change of content will be.
-		return nil
-	}
 	if ts != nil && req.GetResponseNonce() != "" {
 		ts.acked = req.GetVersionInfo()
+		if typeURL == secretTypeURL {
+			nonce, _ := strconv.ParseUint(n, 10, 64)
+			s.acks.acked(sess.id, nonce)
+		}
 	}
-	if ts != nil && slices.Equal(req.GetResourceNames(), ts.names) {
+	// Clients list names in any order (grpc-go's differs from one request to the
+	// next): only a change of the set is a new subscription.
+	names, star := nameSet(req.GetResourceNames())
+	if ts != nil && slices.Equal(names, ts.names) && star == ts.star {
 		return nil
 	}
 	if typeURL == secretTypeURL {
-		if err := sess.check(req.GetResourceNames()); err != nil {
+		if err := sess.check(names); err != nil {
 			return api.ToStatus(ctx, s.log, op, err)
 		}
+	} else {
+		sess.wantsConfig = true
 	}
 	if ts == nil {
-		ts = &typeState{}
+		// A first request without names subscribes to everything (the legacy
+		// wildcard); later, only an explicit "*" keeps it.
+		ts = &typeState{wildcard: len(names) == 0}
 		st.types[typeURL] = ts
 		st.order = append(st.order, typeURL)
 	}
-	ts.names = slices.Clone(req.GetResourceNames())
+	ts.names, ts.star = names, star
 	ts.sent = [sha256.Size]byte{} // names changed: always answer
 	return s.pushSotW(ctx, stream, sess, st, typeURL, op, log)
 }
@@ -121,7 +139,7 @@ func (s *Server) pushSotW(ctx context.Context, stream sotwStream, sess *session,
 			return api.ToStatus(ctx, s.log, op, err)
 		}
 	} else {
-		res = sess.resolveConfig(typeURL, ts.names, st.node, log)
+		res = sess.resolveConfig(typeURL, ts.names, ts.wildcard || ts.star, st.node, log)
 	}
 	d := digest(res)
 	if d == ts.sent {
@@ -138,8 +156,28 @@ func (s *Server) pushSotW(ctx context.Context, stream sotwStream, sess *session,
 		return err
 	}
 	ts.sent, ts.nonce = d, resp.Nonce
+	if typeURL == secretTypeURL {
+		// Every secret response repeats every subscribed secret: one without a
+		// bundle means the client stopped asking for it.
+		if !sess.sentBundle(st.nonce, res) {
+			s.acks.drop(sess.id)
+		}
+	}
 	s.metrics.Pushed(typeURL)
 	log.Debug("Sent resources", "node_id", st.nodeID(), "type", typeURL,
 		"version", resp.VersionInfo, "nonce", resp.Nonce, "names", ts.names)
 	return nil
+}
+
+// nameSet returns the names sorted and without duplicates or "*", and whether "*" was
+// among them.
+func nameSet(names []string) ([]string, bool) {
+	out := slices.Clone(names)
+	slices.Sort(out)
+	out = slices.Compact(out)
+	i, star := slices.BinarySearch(out, "*")
+	if star {
+		out = slices.Delete(out, i, i+1)
+	}
+	return out, star
 }

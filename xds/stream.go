@@ -55,7 +55,9 @@ func serveStream[Req any](s *Server, ctx context.Context, op string, recv func()
 		var certChanged, bundleChanged, configChanged <-chan struct{}
 		if sess != nil {
 			certChanged, bundleChanged = sess.certChanged, sess.bundleChanged
-			configChanged = sess.configChanged
+			if sess.wantsConfig {
+				configChanged = sess.configChanged
+			}
 		}
 		select {
 		case <-ctx.Done():

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -38,11 +39,13 @@ type policySync struct {
 	// guarded by mu.
 	gen    uint64
 	pushed bool
+	// resync is how often Run checks for a generation it has not pushed.
+	resync time.Duration
 }
 
 func newPolicySync(st policyLister, sink policySink, td spiffeid.TrustDomain,
 	log *slog.Logger) *policySync {
-	return &policySync{store: st, sink: sink, td: td, log: log}
+	return &policySync{store: st, sink: sink, td: td, log: log, resync: policyResync}
 }
 
 // push reads every live policy and gives the set to the sink, unless the sink already
@@ -82,10 +85,31 @@ func (p *policySync) push(ctx context.Context) error {
 }
 
 // changed is the policy service's Changed hook. The change is already committed, so
-// a failure to hand it on is our fault and is logged; the next change or restart
-// pushes the set again.
+// a failure to hand it on is our fault: it is logged, and Run tries again.
 func (p *policySync) changed(ctx context.Context) {
 	if err := p.push(ctx); err != nil {
-		p.log.ErrorContext(ctx, "Failed to hand the changed policies to xDS", "error", err)
+		p.log.ErrorContext(ctx, "Failed to hand the changed policies to xDS; retrying",
+			"error", err)
+	}
+}
+
+// policyResync is how often Run compares the store's generation with the one pushed.
+const policyResync = 5 * time.Second
+
+// Run pushes the stored policies again whenever the store holds a generation the sink
+// has not seen, which only a failed push leaves behind, until ctx ends. Reading the
+// generation is one read transaction, cheap at this interval.
+func (p *policySync) Run(ctx context.Context) error {
+	t := time.NewTicker(p.resync)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+		if err := p.push(ctx); err != nil && ctx.Err() == nil {
+			p.log.ErrorContext(ctx, "Failed to hand the stored policies to xDS", "error", err)
+		}
 	}
 }

@@ -2,10 +2,14 @@ package server
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"log/slog"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/stretchr/testify/require"
@@ -112,4 +116,46 @@ func TestPolicySyncInvalidStored(t *testing.T) {
 		`invalid; the workloads they select deny every request until they are fixed" `+
 		`error="policy payments/legacy: spec.rules[0].from[0].spiffeID: `+
 		`\"spiffe://cluster.local/x\" is in trust domain \"cluster.local\", not \"example.org\""`)
+}
+
+// flakyLister fails while fail is set.
+type flakyLister struct {
+	policyLister
+	fail atomic.Bool
+}
+
+func (f *flakyLister) Policies(ctx context.Context, ns string) (
+	[]store.PolicyRecord, uint64, error) {
+	if f.fail.Load() {
+		return nil, 0, errors.New("disk on fire")
+	}
+	return f.policyLister.Policies(ctx, ns)
+}
+
+// A committed change that could not be handed on at once reaches the sink later.
+func TestPolicySyncRetriesAFailedPush(t *testing.T) {
+	st, err := store.OpenBolt(filepath.Join(t.TempDir(), StoreFileName), store.BoltOptions{})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, st.Close()) })
+	td := spiffeid.RequireTrustDomainFromString("cluster.local")
+	sink := &fakeSink{}
+	flaky := &flakyLister{policyLister: st}
+	ps := newPolicySync(flaky, sink, td, slog.New(slog.DiscardHandler))
+	ps.resync = 10 * time.Millisecond
+	require.NoError(t, ps.push(t.Context()))
+
+	flaky.fail.Store(true)
+	svc := api.NewPolicies(api.PolicyConfig{Store: st, TrustDomain: td, Changed: ps.changed})
+	applyDoc(t, svc, "deny-all", "DENY", false)
+	require.Len(t, sink.all(), 1, "the push after the change failed")
+
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- ps.Run(ctx) }()
+	flaky.fail.Store(false)
+	require.Eventually(t, func() bool { return len(sink.all()) == 2 }, 10*time.Second,
+		10*time.Millisecond)
+	require.Equal(t, []string{"payments/deny-all DENY"}, sink.all()[1])
+	cancel()
+	require.ErrorIs(t, <-done, context.Canceled)
 }

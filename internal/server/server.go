@@ -186,7 +186,7 @@ func (s *Server) build(ctx context.Context, st *store.Bolt) ([]runner, Addrs, er
 		return nil, Addrs{}, err
 	}
 
-	runners := []runner{serving, mainGRPC, admin, httpSrv}
+	runners := []runner{serving, mainGRPC, admin, httpSrv, policies}
 	if access != nil {
 		runners = append(runners, access)
 	}

@@ -3,6 +3,8 @@ package proxyless
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
 	"strconv"
 	"time"
 
@@ -13,7 +15,8 @@ import (
 type Workload struct {
 	// ServerURI is meshca's gRPC address, host:port.
 	ServerURI string
-	// ServerName is checked in meshca's certificate when it differs from the host.
+	// ServerName is the name meshca's certificate must carry (default: the host of
+	// ServerURI).
 	ServerName string
 	// CAFile holds the roots meshca's certificate chains to (the bundle ConfigMap).
 	CAFile string
@@ -40,6 +43,14 @@ func Bootstrap(w Workload) ([]byte, error) {
 	if w.CertFile == "" || w.KeyFile == "" || w.BundleFile == "" {
 		return nil, errors.New("certificate, key and bundle files are required")
 	}
+	serverName := w.ServerName
+	if serverName == "" {
+		host, _, err := net.SplitHostPort(w.ServerURI)
+		if err != nil {
+			return nil, fmt.Errorf("server URI %q: %w", w.ServerURI, err)
+		}
+		serverName = host
+	}
 	refresh := w.Refresh
 	if refresh <= 0 {
 		refresh = 10 * time.Minute
@@ -53,7 +64,7 @@ func Bootstrap(w Workload) ([]byte, error) {
 		"xds_servers": []obj{{
 			"server_uri": w.ServerURI,
 			"channel_creds": []obj{{"type": CredentialsType, "config": CredentialsConfig{
-				CAFile: w.CAFile, TokenFile: w.TokenFile, ServerName: w.ServerName,
+				CAFile: w.CAFile, TokenFile: w.TokenFile, ServerName: serverName,
 			}}},
 			"server_features": []string{"xds_v3"},
 		}},

@@ -25,7 +25,7 @@ func TestBootstrapIsAcceptedByGRPC(t *testing.T) {
 	w := proxyless.Workload{
 		ServerURI: "127.0.0.1:15012", ServerName: "localhost", CAFile: caFile,
 		TokenFile: filepath.Join(dir, "token"), NodeID: "orders/orders-0",
-		Metadata: map[string]string{xds.MetaService: "orders"},
+		Metadata: map[string]string{xds.MetaInstanceIP: "10.0.0.7"},
 		CertFile: filepath.Join(dir, "svid.pem"), KeyFile: filepath.Join(dir, "key.pem"),
 		BundleFile: caFile, Refresh: 90 * time.Second,
 	}

@@ -31,14 +31,21 @@ type CredentialsConfig struct {
 	// TokenFile holds the projected service-account token; it is read for every
 	// stream, so the kubelet's refreshed token is always the one sent.
 	TokenFile string `json:"token_file"`
-	// ServerName overrides the name checked in meshca's certificate (default: the
-	// host of the server URI).
-	ServerName string `json:"server_name,omitempty"`
+	// ServerName is the DNS name or IP address meshca's certificate must carry.
+	// Required: with an IP address as server URI, Go's TLS client would otherwise
+	// check no name at all.
+	ServerName string `json:"server_name"`
 }
 
 func init() {
 	bootstrap.RegisterChannelCredentials(builder{})
 }
+
+var (
+	_ bootstrap.ChannelCredentials  = builder{}
+	_ credentials.Bundle            = (*bundle)(nil)
+	_ credentials.PerRPCCredentials = tokenFile("")
+)
 
 type builder struct{}
 
@@ -49,9 +56,9 @@ func (builder) Build(raw json.RawMessage) (credentials.Bundle, func(), error) {
 	if err := json.Unmarshal(raw, &cfg); err != nil {
 		return nil, nil, fmt.Errorf("meshca credentials: %w", err)
 	}
-	if cfg.CAFile == "" || cfg.TokenFile == "" {
-		return nil, nil, errors.New("meshca credentials: ca_certificate_file and " +
-			"token_file are required")
+	if cfg.CAFile == "" || cfg.TokenFile == "" || cfg.ServerName == "" {
+		return nil, nil, errors.New("meshca credentials: ca_certificate_file, " +
+			"token_file and server_name are required")
 	}
 	roots := &rootFile{path: cfg.CAFile}
 	if _, err := roots.pool(); err != nil {
@@ -90,12 +97,15 @@ func (b *bundle) verify(cs tls.ConnectionState) error {
 	for _, c := range cs.PeerCertificates[1:] {
 		inter.AddCert(c)
 	}
-	name := b.cfg.ServerName
-	if name == "" {
-		name = cs.ServerName
+	leaf := cs.PeerCertificates[0]
+	// Workload SVIDs chain to the same roots and may be used for serving: one must
+	// never pass for meshca, which would then collect every workload's token.
+	if len(leaf.URIs) > 0 {
+		return fmt.Errorf("the server presented a workload certificate (%s), not meshca's",
+			leaf.URIs[0])
 	}
-	_, err = cs.PeerCertificates[0].Verify(x509.VerifyOptions{
-		Roots: pool, Intermediates: inter, DNSName: name,
+	_, err = leaf.Verify(x509.VerifyOptions{
+		Roots: pool, Intermediates: inter, DNSName: b.cfg.ServerName,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	})
 	return err
