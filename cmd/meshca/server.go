@@ -49,6 +49,7 @@ type serverFlags struct {
 	kubeQPS        float32
 	kubeBurst      int
 	defaultDeny    bool
+	publishBundle  bool
 }
 
 func newServerCommand() *cobra.Command {
@@ -109,6 +110,9 @@ func newServerCommand() *cobra.Command {
 	fs.IntVar(&f.kubeBurst, "kube-burst", 1000, "Kubernetes client burst")
 	fs.BoolVar(&f.defaultDeny, "default-deny", false,
 		"deny every request to a workload that no ALLOW policy selects")
+	fs.BoolVar(&f.publishBundle, "publish-bundle", true,
+		"keep the ConfigMap meshca-root-cert (the roots in PEM) in every namespace "+
+			"when a Kubernetes API is configured")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return cmd
@@ -162,6 +166,7 @@ func (f *serverFlags) config() (server.Config, error) {
 		HTTPAddr:       f.httpAddr,
 		ServerDNSNames: f.serverDNSNames,
 		DefaultDeny:    f.defaultDeny,
+		PublishBundle:  f.publishBundle,
 		Logger:         log,
 		CA: ca.Config{
 			DefaultTTL: f.leafTTL, MaxTTL: f.maxTTL, RootTTL: f.rootTTL,

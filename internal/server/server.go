@@ -49,6 +49,9 @@ type Config struct {
 	// DefaultDeny denies every request to a workload that no ALLOW policy selects;
 	// without it such a workload accepts every caller that no DENY policy names.
 	DefaultDeny bool
+	// PublishBundle keeps the ConfigMap meshca-root-cert in every namespace when a
+	// Kubernetes API is configured (internal/publisher).
+	PublishBundle bool
 	// Logger is the process logger.
 	Logger *slog.Logger
 	// Ready, when set, is called once every listener is up and the CA is loaded.
@@ -151,6 +154,10 @@ func (s *Server) build(ctx context.Context, st *store.Bolt) ([]runner, Addrs, er
 	if err != nil {
 		return nil, Addrs{}, err
 	}
+	publish, err := s.bundlePublisher(authority)
+	if err != nil {
+		return nil, Addrs{}, err
+	}
 
 	discovery := xds.New(xds.Config{
 		Auth: auth, CertTTL: s.cfg.CA.DefaultTTL, DefaultDeny: s.cfg.DefaultDeny,
@@ -189,6 +196,9 @@ func (s *Server) build(ctx context.Context, st *store.Bolt) ([]runner, Addrs, er
 	runners := []runner{serving, mainGRPC, admin, httpSrv, policies}
 	if access != nil {
 		runners = append(runners, access)
+	}
+	if publish != nil {
+		runners = append(runners, publish)
 	}
 	httpSrv.setReady(true)
 	addrs := Addrs{GRPC: mainGRPC.addr(), HTTP: httpSrv.addr(), Admin: s.cfg.AdminSocket}

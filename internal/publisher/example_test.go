@@ -1,0 +1,25 @@
+package publisher_test
+
+import (
+	"context"
+	"log/slog"
+
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/publisher"
+)
+
+// Publish the bundle of a CA until ctx ends. (Not run: it needs a cluster.)
+func Example() {
+	run := func(ctx context.Context, client kubernetes.Interface, authority *ca.CA) error {
+		p, err := publisher.New(publisher.Config{
+			Client: client, Bundle: authority, Logger: slog.Default(),
+		})
+		if err != nil {
+			return err
+		}
+		return p.Run(ctx)
+	}
+	_ = run
+}
