@@ -11,8 +11,8 @@ import (
 
 // configState is what listeners, routes, clusters and endpoints are built from: the
 // authorization policies in force and the endpoints of every service. It is never
-// modified: a change replaces it and closes changed, so a stream holding one sees a
-// consistent view.
+// modified: a change replaces it and closes the channel of what changed, so a stream
+// holding one sees a consistent view.
 type configState struct {
 	policies []policy.Policy
 	// policyGen counts the changes of policies, so that listeners are compiled again
@@ -21,7 +21,9 @@ type configState struct {
 	// endpoints maps a service ("<name>.<namespace>") to the servers that registered
 	// for it, in registration order.
 	endpoints map[string][]endpoint
-	changed   chan struct{}
+	// policiesChanged is closed when the policies change, endpointsChanged when the
+	// endpoints do: a stream waits only for what its resources depend on.
+	policiesChanged, endpointsChanged chan struct{}
 }
 
 // endpoint is one server of a service.
@@ -39,27 +41,49 @@ type endpoint struct {
 // valid (see policy.ValidateSet); the caller keeps no reference to the slice.
 func (s *Server) SetPolicies(ps []policy.Policy) {
 	ps = slices.Clone(ps)
-	s.updateConfig(func(c *configState) { c.policies, c.policyGen = ps, c.policyGen+1 })
+	s.updateConfig(policiesChanged, func(c *configState) {
+		c.policies, c.policyGen = ps, c.policyGen+1
+	})
 }
 
-// watchConfig returns the configuration in force; its changed channel is closed when
-// it is replaced.
+// watchConfig returns the configuration in force; its channels are closed when it is
+// replaced.
 func (s *Server) watchConfig() *configState {
 	s.configMu.RLock()
 	defer s.configMu.RUnlock()
 	return s.config
 }
 
-// updateConfig replaces the configuration with a changed copy.
-func (s *Server) updateConfig(change func(*configState)) {
+// configPart says what a configuration change changes.
+type configPart int
+
+const (
+	policiesChanged configPart = iota
+	endpointsChanged
+)
+
+// newConfigState returns an empty configuration.
+func newConfigState() *configState {
+	return &configState{policiesChanged: make(chan struct{}),
+		endpointsChanged: make(chan struct{})}
+}
+
+// updateConfig replaces the configuration with a copy changed in one part.
+func (s *Server) updateConfig(part configPart, change func(*configState)) {
 	s.configMu.Lock()
 	prev := s.config
-	next := &configState{policies: prev.policies, policyGen: prev.policyGen,
-		endpoints: prev.endpoints, changed: make(chan struct{})}
-	change(next)
-	s.config = next
+	next := *prev
+	change(&next)
+	closing := prev.policiesChanged
+	if part == policiesChanged {
+		next.policiesChanged = make(chan struct{})
+	} else {
+		closing = prev.endpointsChanged
+		next.endpointsChanged = make(chan struct{})
+	}
+	s.config = &next
 	s.configMu.Unlock()
-	close(prev.changed)
+	close(closing)
 }
 
 // registerEndpoint makes e a server of service. An endpoint registered before at the
@@ -69,7 +93,7 @@ func (s *Server) registerEndpoint(service string, e endpoint) {
 	if slices.Contains(s.watchConfig().endpoints[service], e) {
 		return
 	}
-	s.updateConfig(func(c *configState) {
+	s.updateConfig(endpointsChanged, func(c *configState) {
 		eps := slices.DeleteFunc(slices.Clone(c.endpoints[service]), func(o endpoint) bool {
 			return o.addr == e.addr
 		})
@@ -86,7 +110,7 @@ func (s *Server) unregisterEndpoint(service string, e endpoint) {
 	if !slices.Contains(s.watchConfig().endpoints[service], e) {
 		return
 	}
-	s.updateConfig(func(c *configState) {
+	s.updateConfig(endpointsChanged, func(c *configState) {
 		eps := slices.DeleteFunc(slices.Clone(c.endpoints[service]), func(o endpoint) bool {
 			return o == e
 		})
@@ -101,7 +125,7 @@ func (s *Server) unregisterEndpoint(service string, e endpoint) {
 
 // unregisterEndpoints removes every endpoint the owner registered.
 func (s *Server) unregisterEndpoints(owner uint64) {
-	s.updateConfig(func(c *configState) {
+	s.updateConfig(endpointsChanged, func(c *configState) {
 		var next map[string][]endpoint
 		for svc, eps := range c.endpoints {
 			kept := slices.DeleteFunc(slices.Clone(eps), func(e endpoint) bool {

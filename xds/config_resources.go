@@ -25,6 +25,18 @@ const (
 	endpointTypeURL = resource.EndpointType
 )
 
+// subscribed records that the stream asked for a resource type, and so which
+// configuration changes concern it: listeners carry the policies, clusters and
+// endpoints carry the servers of services; routes depend on neither.
+func (sess *session) subscribed(typeURL string) {
+	switch typeURL {
+	case listenerTypeURL:
+		sess.wantsPolicies = true
+	case clusterTypeURL, endpointTypeURL:
+		sess.wantsEndpoints = true
+	}
+}
+
 // workload is the identity a session's listeners are compiled for.
 func (sess *session) workload() authz.Workload {
 	return authz.Workload{Namespace: sess.ident.Namespace, ServiceAccount: sess.ident.ServiceAccount}

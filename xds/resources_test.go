@@ -214,10 +214,12 @@ func TestPolicyChangeRecompiles(t *testing.T) {
 	name := ServerListenerPrefix + "127.0.0.1:8443"
 	before := sess.resolveConfig(listenerTypeURL, []string{name}, false, node(nil),
 		slog.New(slog.DiscardHandler))
-	changed := sess.configChanged
+	sess.subscribed(listenerTypeURL)
+	policies, endpoints := sess.configChanged()
+	require.Nil(t, endpoints, "a stream of listeners only waits for policy changes")
 	sess.s.SetPolicies(examplePolicies(t))
 	select {
-	case <-changed:
+	case <-policies:
 	default:
 		t.Fatal("SetPolicies did not signal a change")
 	}

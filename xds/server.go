@@ -103,7 +103,7 @@ func New(cfg Config) *Server {
 	return &Server{
 		cfg: cfg, log: cfg.Logger, metrics: cfg.Metrics,
 		bootID: hex.EncodeToString(boot), ready: make(chan struct{}),
-		config: &configState{changed: make(chan struct{})},
+		config: newConfigState(),
 	}
 }
 

@@ -25,11 +25,10 @@ type session struct {
 	// warned holds the names already warned about, so a warning is logged once.
 	warned map[string]bool
 
-	// wantsConfig is set once the stream asked for listeners, routes, clusters or
-	// endpoints: only then do configuration changes concern it.
-	wantsConfig   bool
-	config        *configState
-	configChanged <-chan struct{}
+	// wantsPolicies is set once the stream asked for listeners, wantsEndpoints once
+	// it asked for clusters or endpoints: only then do changes of those concern it.
+	wantsPolicies, wantsEndpoints bool
+	config                        *configState
 	// rbac is the workload's authorization compiled from the policies of
 	// generation rbacGen.
 	rbac    *authz.CompiledRBAC
@@ -85,7 +84,18 @@ func (sess *session) sentBundle(nonce uint64, res []namedResource) bool {
 
 func (sess *session) refreshConfig() {
 	sess.config = sess.s.watchConfig()
-	sess.configChanged = sess.config.changed
+}
+
+// configChanged returns the channels of the configuration changes the session's
+// subscriptions depend on (nil for none).
+func (sess *session) configChanged() (policies, endpoints <-chan struct{}) {
+	if sess.wantsPolicies {
+		policies = sess.config.policiesChanged
+	}
+	if sess.wantsEndpoints {
+		endpoints = sess.config.endpointsChanged
+	}
+	return policies, endpoints
 }
 
 func (sess *session) refreshBundle() {

@@ -113,7 +113,7 @@ func (s *Server) onSotWRequest(ctx context.Context, stream sotwStream, sess *ses
 			return api.ToStatus(ctx, s.log, op, err)
 		}
 	} else {
-		sess.wantsConfig = true
+		sess.subscribed(typeURL)
 	}
 	if ts == nil {
 		// A first request without names subscribes to everything (the legacy

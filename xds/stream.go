@@ -52,12 +52,10 @@ func serveStream[Req any](s *Server, ctx context.Context, op string, recv func()
 		}
 	}()
 	for {
-		var certChanged, bundleChanged, configChanged <-chan struct{}
+		var certChanged, bundleChanged, policiesChanged, endpointsChanged <-chan struct{}
 		if sess != nil {
 			certChanged, bundleChanged = sess.certChanged, sess.bundleChanged
-			if sess.wantsConfig {
-				configChanged = sess.configChanged
-			}
+			policiesChanged, endpointsChanged = sess.configChanged()
 		}
 		select {
 		case <-ctx.Done():
@@ -97,7 +95,12 @@ func serveStream[Req any](s *Server, ctx context.Context, op string, recv func()
 			if err := h.changed(ctx, sess, log); err != nil {
 				return err
 			}
-		case <-configChanged:
+		case <-policiesChanged:
+			sess.refreshConfig()
+			if err := h.changed(ctx, sess, log); err != nil {
+				return err
+			}
+		case <-endpointsChanged:
 			sess.refreshConfig()
 			if err := h.changed(ctx, sess, log); err != nil {
 				return err
