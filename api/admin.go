@@ -28,7 +28,18 @@ type Authority interface {
 	Authorities() []ca.AuthorityStatus
 	Bundle() *x509bundle.Bundle
 	IssueX509SVID(ctx context.Context, p ca.X509SVIDParams) (*ca.X509SVID, error)
-	Prepare(ctx context.Context) (ca.AuthorityStatus, error)
+	PrepareAuthority(ctx context.Context, p ca.PrepareParams) (ca.AuthorityStatus, error)
+	Activate(ctx context.Context, p ca.ActivateParams) (ca.AuthorityStatus, error)
+	Retire(ctx context.Context, id string) (ca.AuthorityStatus, error)
+	Remove(ctx context.Context, p ca.RemoveParams) (ca.AuthorityStatus, error)
+	CheckRemoval(ctx context.Context, id string) (ca.Removal, error)
+}
+
+// BundleAcks says which open discovery streams have the trust bundle holding a root.
+type BundleAcks interface {
+	// BundleAcks returns how many streams subscribed to the bundle acknowledged one
+	// containing root, and how many are subscribed.
+	BundleAcks(root *x509.Certificate) (acked, total int)
 }
 
 // AuditLog reads the issuance audit log.
@@ -38,8 +49,10 @@ type AuditLog interface {
 
 // AdminConfig configures the admin service.
 type AdminConfig struct {
-	CA     Authority
-	Audit  AuditLog
+	CA    Authority
+	Audit AuditLog
+	// Acks is consulted before activating an authority; nil counts no streams.
+	Acks   BundleAcks
 	Logger *slog.Logger
 }
 
@@ -49,6 +62,7 @@ type Admin struct {
 	meshcav1.UnimplementedAdminServiceServer
 	ca    Authority
 	audit AuditLog
+	acks  BundleAcks
 	log   *slog.Logger
 }
 
@@ -60,7 +74,11 @@ func NewAdmin(cfg AdminConfig) *Admin {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Admin{ca: cfg.CA, audit: cfg.Audit, log: log}
+	acks := cfg.Acks
+	if acks == nil {
+		acks = noStreams{}
+	}
+	return &Admin{ca: cfg.CA, audit: cfg.Audit, acks: acks, log: log}
 }
 
 // GetStatus implements meshcav1.AdminServiceServer.
@@ -71,16 +89,6 @@ func (a *Admin) GetStatus(ctx context.Context, _ *meshcav1.GetStatusRequest) (
 		resp.Authorities = append(resp.Authorities, authorityProto(s))
 	}
 	return resp, nil
-}
-
-// PrepareAuthority implements meshcav1.AdminServiceServer.
-func (a *Admin) PrepareAuthority(ctx context.Context, _ *meshcav1.PrepareAuthorityRequest) (
-	*meshcav1.PrepareAuthorityResponse, error) {
-	st, err := a.ca.Prepare(ctx)
-	if err != nil {
-		return nil, ToStatus(ctx, a.log, "prepare authority", err)
-	}
-	return &meshcav1.PrepareAuthorityResponse{Authority: authorityProto(st)}, nil
 }
 
 func authorityProto(s ca.AuthorityStatus) *meshcav1.Authority {

@@ -27,7 +27,8 @@ const msgUnauthenticated = "authentication failed"
 //
 // Invalid policies (errors holding [*policy.FieldError]s) are InvalidArgument with
 // every problem on its own line; store.ErrConflict, a failed compare-and-swap, is
-// Aborted; store.ErrNotFound is NotFound.
+// Aborted; store.ErrNotFound is NotFound, store.ErrExists AlreadyExists, and
+// ca.ErrPrecondition, a rotation step that is not safe yet, FailedPrecondition.
 func ToStatus(ctx context.Context, log *slog.Logger, op string, err error) error {
 	code, msg := classify(err)
 	switch code {
@@ -61,6 +62,10 @@ func classify(err error) (codes.Code, string) {
 			": changed concurrently; re-read it and retry"
 	case errors.Is(err, store.ErrNotFound):
 		return codes.NotFound, err.Error()
+	case errors.Is(err, store.ErrExists):
+		return codes.AlreadyExists, err.Error()
+	case errors.Is(err, ca.ErrPrecondition):
+		return codes.FailedPrecondition, withoutSentinel(err, ca.ErrPrecondition)
 	case errors.Is(err, ca.ErrNotReady):
 		return codes.Unavailable, withoutSentinel(err, ca.ErrNotReady)
 	case errors.Is(err, context.Canceled):

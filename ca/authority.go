@@ -48,6 +48,11 @@ func loadAuthority(a store.Authority) (*authority, error) {
 	if err != nil {
 		return nil, fmt.Errorf("failed to parse roots: %w", err)
 	}
+	if a.State == store.StateRemoved {
+		// The key is erased: keep the certificates for the record only.
+		return &authority{id: a.ID, state: a.State, cert: chain[0], roots: roots,
+			notAfter: chain[0].NotAfter}, nil
+	}
 	parsed, err := x509.ParsePKCS8PrivateKey(a.Key)
 	if err != nil {
 		return nil, fmt.Errorf("failed to parse private key: %w", err)

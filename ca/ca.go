@@ -21,10 +21,14 @@ const (
 	DefaultLeafTTL    = time.Hour
 	DefaultMaxLeafTTL = 24 * time.Hour
 	DefaultRootTTL    = 10 * 365 * 24 * time.Hour
-	DefaultKeyType    = KeyECP256
+	// DefaultIntermediateTTL is the lifetime of an intermediate the CA creates; it is
+	// also capped by its root's NotAfter.
+	DefaultIntermediateTTL = 365 * 24 * time.Hour
+	DefaultKeyType         = KeyECP256
 )
 
-// Store is the persistence the CA needs.
+// Store is the persistence the CA needs. Rotation (PrepareAuthority, Activate,
+// Retire, Remove) needs a RotationStore as well; a Store without it refuses them.
 type Store interface {
 	Authorities(ctx context.Context) ([]store.Authority, error)
 	CreateAuthority(ctx context.Context, a store.Authority) error
@@ -49,6 +53,9 @@ type Config struct {
 	MaxTTL time.Duration
 	// RootTTL is the lifetime of a root the CA creates.
 	RootTTL time.Duration
+	// IntermediateTTL is the lifetime of an intermediate the CA creates, capped by
+	// its root's NotAfter.
+	IntermediateTTL time.Duration
 	// KeyType is the algorithm of a root the CA creates.
 	KeyType KeyType
 	// Import, when set, is used instead of a new root on the first start.
@@ -129,6 +136,9 @@ func withDefaults(cfg Config) Config {
 	if cfg.RootTTL == 0 {
 		cfg.RootTTL = DefaultRootTTL
 	}
+	if cfg.IntermediateTTL == 0 {
+		cfg.IntermediateTTL = DefaultIntermediateTTL
+	}
 	if cfg.KeyType == "" {
 		cfg.KeyType = DefaultKeyType
 	}
@@ -193,8 +203,9 @@ func (c *CA) load(stored []store.Authority) error {
 	return nil
 }
 
-// WatchBundle returns the current trust bundle and a channel that is closed when it
-// changes; call again after that to get the new bundle and the next channel.
+// WatchBundle returns the current trust bundle and a channel that is closed when the
+// authorities change (a rotation step; the bundle itself may be unchanged, e.g. when
+// activating); call again after that to get the new bundle and the next channel.
 func (c *CA) WatchBundle() (*x509bundle.Bundle, <-chan struct{}) {
 	c.mu.RLock()
 	ch := c.bundleChanged
@@ -205,34 +216,10 @@ func (c *CA) WatchBundle() (*x509bundle.Bundle, <-chan struct{}) {
 }
 
 // Prepare creates a new root in the prepared state: trusted, in every bundle, not
-// signing yet. Watchers of the bundle are told at once.
-//
-// TODO: this is the first step of rotation only; activate, retire and remove, with
-// their safety checks, are still to come, so a prepared root never signs yet.
+// signing yet. Watchers of the bundle are told at once. It is PrepareAuthority with
+// no options.
 func (c *CA) Prepare(ctx context.Context) (AuthorityStatus, error) {
-	a, err := generateRoot(c.cfg.TrustDomain, c.cfg.KeyType, c.cfg.RootTTL, c.cfg.Backdate,
-		c.now())
-	if err != nil {
-		return AuthorityStatus{}, err
-	}
-	a.State = store.StatePrepared
-	if err := c.cfg.Store.CreateAuthority(ctx, a); err != nil {
-		return AuthorityStatus{}, fmt.Errorf("failed to store prepared authority: %w", err)
-	}
-	stored, err := c.cfg.Store.Authorities(ctx)
-	if err != nil {
-		return AuthorityStatus{}, fmt.Errorf("failed to read authorities: %w", err)
-	}
-	if err := c.load(stored); err != nil {
-		return AuthorityStatus{}, err
-	}
-	c.log.Info("Prepared a new root", "authority_id", a.ID)
-	for _, st := range c.Authorities() {
-		if st.ID == a.ID {
-			return st, nil
-		}
-	}
-	return AuthorityStatus{}, fmt.Errorf("prepared authority %q vanished", a.ID)
+	return c.PrepareAuthority(ctx, PrepareParams{})
 }
 
 // TrustDomain returns the CA's trust domain.
@@ -247,6 +234,9 @@ func (c *CA) Bundle() *x509bundle.Bundle {
 	defer c.mu.RUnlock()
 	b := x509bundle.New(c.cfg.TrustDomain)
 	for _, a := range c.all {
+		if a.state == store.StateRemoved {
+			continue
+		}
 		for _, r := range a.roots {
 			b.AddX509Authority(r)
 		}
@@ -264,6 +254,11 @@ type AuthorityStatus struct {
 	NotAfter    time.Time
 	// Root is true for a self-signed authority, false for an intermediate.
 	Root bool
+	// Certificate is the authority's own certificate.
+	Certificate *x509.Certificate
+	// Roots are the trust anchors it chains to; they are in the bundle unless the
+	// authority is removed.
+	Roots []*x509.Certificate
 }
 
 // Authorities describes every authority, oldest first.
@@ -280,6 +275,8 @@ func (c *CA) Authorities() []AuthorityStatus {
 			NotBefore:   a.cert.NotBefore,
 			NotAfter:    a.cert.NotAfter,
 			Root:        isSelfSigned(a.cert),
+			Certificate: a.cert,
+			Roots:       a.roots,
 		})
 	}
 	return out

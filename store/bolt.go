@@ -163,13 +163,15 @@ func schemaVersion(meta *bolt.Bucket) (int, error) {
 
 func initSchema(tx *bolt.Tx) error {
 	for _, name := range [][]byte{bucketMeta, bucketAuthorities, bucketIssuances,
-		bucketPolicies, bucketPolicyHistory} {
+		bucketPolicies, bucketPolicyHistory, bucketAuthorityEvents} {
 		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 			return err
 		}
 	}
+	// Older schemas only lack buckets, created above: the upgrade is writing the
+	// new version, in the same transaction.
 	meta := tx.Bucket(bucketMeta)
-	if meta.Get(keySchema) != nil {
+	if v, err := schemaVersion(meta); err == nil && v >= SchemaVersion {
 		return nil
 	}
 	return meta.Put(keySchema, []byte(strconv.Itoa(SchemaVersion)))

@@ -144,7 +144,7 @@ func TestOpenRefusesAndLeavesFileUnchanged(t *testing.T) {
 				require.NoError(t, db.Close())
 				return func() {}
 			},
-			wantMsg: "has schema version 99, newer than 1",
+			wantMsg: "has schema version 99, newer than 2",
 		},
 		{
 			name: "not a meshca store",

@@ -13,8 +13,11 @@ import (
 )
 
 // SchemaVersion is the version of the on-disk layout this build writes and reads.
-// A store written by a newer schema is refused rather than guessed at.
-const SchemaVersion = 1
+// A store written by a newer schema is refused rather than guessed at. Version 2 added
+// the removed state and the authority event log; a version 1 file is upgraded in
+// place when it is opened, so an older meshca refuses it afterwards instead of
+// trusting a removed root again.
+const SchemaVersion = 2
 
 var (
 	// ErrExists is returned when creating a record whose key is already taken.
@@ -36,6 +39,9 @@ const (
 	StateActive AuthorityState = "active"
 	// StateRetired authorities no longer sign but stay trusted until their leaves expire.
 	StateRetired AuthorityState = "retired"
+	// StateRemoved authorities are no longer trusted; their key is erased and only
+	// the certificates are kept, for the record.
+	StateRemoved AuthorityState = "removed"
 )
 
 // Authority is a signing certificate authority with its private key.
@@ -51,7 +57,7 @@ type Authority struct {
 	// trust bundle. For a self-signed root authority it is the root itself.
 	Roots [][]byte `json:"roots"`
 	// Key is the PKCS #8 DER private key of Chain[0]. It never leaves the store
-	// except into the CA's memory.
+	// except into the CA's memory, and is erased when the authority is removed.
 	Key []byte `json:"key"`
 	// CreatedAt is when the authority was created or imported.
 	CreatedAt time.Time `json:"created_at"`
@@ -93,6 +99,14 @@ type Store interface {
 	RecordIssuance(ctx context.Context, rec Issuance) error
 	// Issuances returns audit records, newest first.
 	Issuances(ctx context.Context, q IssuanceQuery) ([]Issuance, error)
+	// ChangeAuthorities applies one rotation step in one transaction; see
+	// AuthorityChangeSet.
+	ChangeAuthorities(ctx context.Context, cs AuthorityChangeSet) error
+	// AuthorityEvents returns the rotation audit log, oldest first.
+	AuthorityEvents(ctx context.Context) ([]AuthorityEvent, error)
+	// LiveLeaves summarizes the audit records of certificates signed by the given
+	// authorities that are still valid at a time.
+	LiveLeaves(ctx context.Context, q LiveLeavesQuery) (LiveLeaves, error)
 	// Close releases the store. Pending writes finish first.
 	Close() error
 }

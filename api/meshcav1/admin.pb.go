@@ -27,7 +27,16 @@ const (
 )
 
 type PrepareAuthorityRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Create an intermediate signed by the active root instead of a new root.
+	Intermediate bool `protobuf:"varint,1,opt,name=intermediate,proto3" json:"intermediate,omitempty"`
+	// An operator's CA to prepare instead of creating one: its certificate first,
+	// then optionally the certificates that issued it (PEM).
+	CertPem []byte `protobuf:"bytes,2,opt,name=cert_pem,json=certPem,proto3" json:"cert_pem,omitempty"`
+	// The private key of cert_pem (PEM, unencrypted). Required with cert_pem.
+	KeyPem []byte `protobuf:"bytes,3,opt,name=key_pem,json=keyPem,proto3" json:"key_pem,omitempty"`
+	// The roots cert_pem chains to (PEM), when it does not end with its root.
+	BundlePem     []byte `protobuf:"bytes,4,opt,name=bundle_pem,json=bundlePem,proto3" json:"bundle_pem,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -60,6 +69,34 @@ func (x *PrepareAuthorityRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use PrepareAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*PrepareAuthorityRequest) Descriptor() ([]byte, []int) {
 	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *PrepareAuthorityRequest) GetIntermediate() bool {
+	if x != nil {
+		return x.Intermediate
+	}
+	return false
+}
+
+func (x *PrepareAuthorityRequest) GetCertPem() []byte {
+	if x != nil {
+		return x.CertPem
+	}
+	return nil
+}
+
+func (x *PrepareAuthorityRequest) GetKeyPem() []byte {
+	if x != nil {
+		return x.KeyPem
+	}
+	return nil
+}
+
+func (x *PrepareAuthorityRequest) GetBundlePem() []byte {
+	if x != nil {
+		return x.BundlePem
+	}
+	return nil
 }
 
 type PrepareAuthorityResponse struct {
@@ -200,7 +237,7 @@ func (x *GetStatusResponse) GetAuthorities() []*Authority {
 type Authority struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	// One of "prepared", "active", "retired".
+	// One of "prepared", "active", "retired", "removed".
 	State   string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
 	Subject string `protobuf:"bytes,3,opt,name=subject,proto3" json:"subject,omitempty"`
 	// SHA-256 of the DER certificate, lowercase hex.
@@ -709,12 +746,518 @@ func (x *Issuance) GetRequester() string {
 	return ""
 }
 
+type ActivateAuthorityRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The prepared authority; empty means the only one.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Activate even though some streams have not acknowledged the new bundle.
+	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ActivateAuthorityRequest) Reset() {
+	*x = ActivateAuthorityRequest{}
+	mi := &file_meshca_v1_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActivateAuthorityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActivateAuthorityRequest) ProtoMessage() {}
+
+func (x *ActivateAuthorityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActivateAuthorityRequest.ProtoReflect.Descriptor instead.
+func (*ActivateAuthorityRequest) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ActivateAuthorityRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ActivateAuthorityRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type ActivateAuthorityResponse struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Authority *Authority             `protobuf:"bytes,1,opt,name=authority,proto3" json:"authority,omitempty"`
+	// Set when force overrode the acknowledgement check: what was skipped.
+	Warning       string `protobuf:"bytes,2,opt,name=warning,proto3" json:"warning,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ActivateAuthorityResponse) Reset() {
+	*x = ActivateAuthorityResponse{}
+	mi := &file_meshca_v1_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActivateAuthorityResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActivateAuthorityResponse) ProtoMessage() {}
+
+func (x *ActivateAuthorityResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActivateAuthorityResponse.ProtoReflect.Descriptor instead.
+func (*ActivateAuthorityResponse) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ActivateAuthorityResponse) GetAuthority() *Authority {
+	if x != nil {
+		return x.Authority
+	}
+	return nil
+}
+
+func (x *ActivateAuthorityResponse) GetWarning() string {
+	if x != nil {
+		return x.Warning
+	}
+	return ""
+}
+
+type RetireAuthorityRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The prepared authority; empty means the only one.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetireAuthorityRequest) Reset() {
+	*x = RetireAuthorityRequest{}
+	mi := &file_meshca_v1_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetireAuthorityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetireAuthorityRequest) ProtoMessage() {}
+
+func (x *RetireAuthorityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetireAuthorityRequest.ProtoReflect.Descriptor instead.
+func (*RetireAuthorityRequest) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RetireAuthorityRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type RetireAuthorityResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Authority     *Authority             `protobuf:"bytes,1,opt,name=authority,proto3" json:"authority,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetireAuthorityResponse) Reset() {
+	*x = RetireAuthorityResponse{}
+	mi := &file_meshca_v1_admin_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetireAuthorityResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetireAuthorityResponse) ProtoMessage() {}
+
+func (x *RetireAuthorityResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_admin_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetireAuthorityResponse.ProtoReflect.Descriptor instead.
+func (*RetireAuthorityResponse) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RetireAuthorityResponse) GetAuthority() *Authority {
+	if x != nil {
+		return x.Authority
+	}
+	return nil
+}
+
+type RemoveAuthorityRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The retired authority; empty means the only one.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Remove even though certificates that need it are still valid.
+	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveAuthorityRequest) Reset() {
+	*x = RemoveAuthorityRequest{}
+	mi := &file_meshca_v1_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveAuthorityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveAuthorityRequest) ProtoMessage() {}
+
+func (x *RemoveAuthorityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveAuthorityRequest.ProtoReflect.Descriptor instead.
+func (*RemoveAuthorityRequest) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *RemoveAuthorityRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RemoveAuthorityRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type RemoveAuthorityResponse struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Authority *Authority             `protobuf:"bytes,1,opt,name=authority,proto3" json:"authority,omitempty"`
+	// Set when force overrode the live-certificate check: what was skipped.
+	Warning       string `protobuf:"bytes,2,opt,name=warning,proto3" json:"warning,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveAuthorityResponse) Reset() {
+	*x = RemoveAuthorityResponse{}
+	mi := &file_meshca_v1_admin_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveAuthorityResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveAuthorityResponse) ProtoMessage() {}
+
+func (x *RemoveAuthorityResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_admin_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveAuthorityResponse.ProtoReflect.Descriptor instead.
+func (*RemoveAuthorityResponse) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RemoveAuthorityResponse) GetAuthority() *Authority {
+	if x != nil {
+		return x.Authority
+	}
+	return nil
+}
+
+func (x *RemoveAuthorityResponse) GetWarning() string {
+	if x != nil {
+		return x.Warning
+	}
+	return ""
+}
+
+type GetRotationStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRotationStatusRequest) Reset() {
+	*x = GetRotationStatusRequest{}
+	mi := &file_meshca_v1_admin_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRotationStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRotationStatusRequest) ProtoMessage() {}
+
+func (x *GetRotationStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_admin_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRotationStatusRequest.ProtoReflect.Descriptor instead.
+func (*GetRotationStatusRequest) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{18}
+}
+
+type GetRotationStatusResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every authority, oldest first, with what its next step depends on.
+	Authorities []*AuthorityRotation `protobuf:"bytes,1,rep,name=authorities,proto3" json:"authorities,omitempty"`
+	// The next rotation step: "prepare", "activate" or "remove".
+	NextStep string `protobuf:"bytes,2,opt,name=next_step,json=nextStep,proto3" json:"next_step,omitempty"`
+	// Whether the next step would be accepted now without force.
+	NextStepSafe bool `protobuf:"varint,3,opt,name=next_step_safe,json=nextStepSafe,proto3" json:"next_step_safe,omitempty"`
+	// Why the next step is not safe yet; empty when it is.
+	WaitingFor string `protobuf:"bytes,4,opt,name=waiting_for,json=waitingFor,proto3" json:"waiting_for,omitempty"`
+	// When removal becomes safe, if it is the next step and not safe yet.
+	SafeAt        *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=safe_at,json=safeAt,proto3" json:"safe_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRotationStatusResponse) Reset() {
+	*x = GetRotationStatusResponse{}
+	mi := &file_meshca_v1_admin_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRotationStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRotationStatusResponse) ProtoMessage() {}
+
+func (x *GetRotationStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_admin_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRotationStatusResponse.ProtoReflect.Descriptor instead.
+func (*GetRotationStatusResponse) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *GetRotationStatusResponse) GetAuthorities() []*AuthorityRotation {
+	if x != nil {
+		return x.Authorities
+	}
+	return nil
+}
+
+func (x *GetRotationStatusResponse) GetNextStep() string {
+	if x != nil {
+		return x.NextStep
+	}
+	return ""
+}
+
+func (x *GetRotationStatusResponse) GetNextStepSafe() bool {
+	if x != nil {
+		return x.NextStepSafe
+	}
+	return false
+}
+
+func (x *GetRotationStatusResponse) GetWaitingFor() string {
+	if x != nil {
+		return x.WaitingFor
+	}
+	return ""
+}
+
+func (x *GetRotationStatusResponse) GetSafeAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SafeAt
+	}
+	return nil
+}
+
+// AuthorityRotation is one authority with its rotation progress.
+type AuthorityRotation struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Authority *Authority             `protobuf:"bytes,1,opt,name=authority,proto3" json:"authority,omitempty"`
+	// For a prepared authority: the open streams subscribed to the bundle, and how
+	// many of them acknowledged a bundle containing its roots.
+	StreamsTotal int32 `protobuf:"varint,2,opt,name=streams_total,json=streamsTotal,proto3" json:"streams_total,omitempty"`
+	StreamsAcked int32 `protobuf:"varint,3,opt,name=streams_acked,json=streamsAcked,proto3" json:"streams_acked,omitempty"`
+	// For a retired authority: still-valid certificates that need its roots, and
+	// when the last of them expires.
+	LiveLeaves     int32                  `protobuf:"varint,4,opt,name=live_leaves,json=liveLeaves,proto3" json:"live_leaves,omitempty"`
+	SafeToRemoveAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=safe_to_remove_at,json=safeToRemoveAt,proto3" json:"safe_to_remove_at,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *AuthorityRotation) Reset() {
+	*x = AuthorityRotation{}
+	mi := &file_meshca_v1_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthorityRotation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthorityRotation) ProtoMessage() {}
+
+func (x *AuthorityRotation) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthorityRotation.ProtoReflect.Descriptor instead.
+func (*AuthorityRotation) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *AuthorityRotation) GetAuthority() *Authority {
+	if x != nil {
+		return x.Authority
+	}
+	return nil
+}
+
+func (x *AuthorityRotation) GetStreamsTotal() int32 {
+	if x != nil {
+		return x.StreamsTotal
+	}
+	return 0
+}
+
+func (x *AuthorityRotation) GetStreamsAcked() int32 {
+	if x != nil {
+		return x.StreamsAcked
+	}
+	return 0
+}
+
+func (x *AuthorityRotation) GetLiveLeaves() int32 {
+	if x != nil {
+		return x.LiveLeaves
+	}
+	return 0
+}
+
+func (x *AuthorityRotation) GetSafeToRemoveAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SafeToRemoveAt
+	}
+	return nil
+}
+
 var File_meshca_v1_admin_proto protoreflect.FileDescriptor
 
 const file_meshca_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x15meshca/v1/admin.proto\x12\tmeshca.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x19\n" +
-	"\x17PrepareAuthorityRequest\"N\n" +
+	"\x15meshca/v1/admin.proto\x12\tmeshca.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x01\n" +
+	"\x17PrepareAuthorityRequest\x12\"\n" +
+	"\fintermediate\x18\x01 \x01(\bR\fintermediate\x12\x19\n" +
+	"\bcert_pem\x18\x02 \x01(\fR\acertPem\x12\x17\n" +
+	"\akey_pem\x18\x03 \x01(\fR\x06keyPem\x12\x1d\n" +
+	"\n" +
+	"bundle_pem\x18\x04 \x01(\fR\tbundlePem\"N\n" +
 	"\x18PrepareAuthorityResponse\x122\n" +
 	"\tauthority\x18\x01 \x01(\v2\x14.meshca.v1.AuthorityR\tauthority\"\x12\n" +
 	"\x10GetStatusRequest\"n\n" +
@@ -758,13 +1301,48 @@ const file_meshca_v1_admin_proto_rawDesc = "" +
 	"not_before\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x127\n" +
 	"\tnot_after\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x127\n" +
 	"\tissued_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\bissuedAt\x12\x1c\n" +
-	"\trequester\x18\a \x01(\tR\trequester2\xa0\x03\n" +
+	"\trequester\x18\a \x01(\tR\trequester\"@\n" +
+	"\x18ActivateAuthorityRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"i\n" +
+	"\x19ActivateAuthorityResponse\x122\n" +
+	"\tauthority\x18\x01 \x01(\v2\x14.meshca.v1.AuthorityR\tauthority\x12\x18\n" +
+	"\awarning\x18\x02 \x01(\tR\awarning\"(\n" +
+	"\x16RetireAuthorityRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"M\n" +
+	"\x17RetireAuthorityResponse\x122\n" +
+	"\tauthority\x18\x01 \x01(\v2\x14.meshca.v1.AuthorityR\tauthority\">\n" +
+	"\x16RemoveAuthorityRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"g\n" +
+	"\x17RemoveAuthorityResponse\x122\n" +
+	"\tauthority\x18\x01 \x01(\v2\x14.meshca.v1.AuthorityR\tauthority\x12\x18\n" +
+	"\awarning\x18\x02 \x01(\tR\awarning\"\x1a\n" +
+	"\x18GetRotationStatusRequest\"\xf4\x01\n" +
+	"\x19GetRotationStatusResponse\x12>\n" +
+	"\vauthorities\x18\x01 \x03(\v2\x1c.meshca.v1.AuthorityRotationR\vauthorities\x12\x1b\n" +
+	"\tnext_step\x18\x02 \x01(\tR\bnextStep\x12$\n" +
+	"\x0enext_step_safe\x18\x03 \x01(\bR\fnextStepSafe\x12\x1f\n" +
+	"\vwaiting_for\x18\x04 \x01(\tR\n" +
+	"waitingFor\x123\n" +
+	"\asafe_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x06safeAt\"\xf9\x01\n" +
+	"\x11AuthorityRotation\x122\n" +
+	"\tauthority\x18\x01 \x01(\v2\x14.meshca.v1.AuthorityR\tauthority\x12#\n" +
+	"\rstreams_total\x18\x02 \x01(\x05R\fstreamsTotal\x12#\n" +
+	"\rstreams_acked\x18\x03 \x01(\x05R\fstreamsAcked\x12\x1f\n" +
+	"\vlive_leaves\x18\x04 \x01(\x05R\n" +
+	"liveLeaves\x12E\n" +
+	"\x11safe_to_remove_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x0esafeToRemoveAt2\x94\x06\n" +
 	"\fAdminService\x12F\n" +
 	"\tGetStatus\x12\x1b.meshca.v1.GetStatusRequest\x1a\x1c.meshca.v1.GetStatusResponse\x12F\n" +
 	"\tGetBundle\x12\x1b.meshca.v1.GetBundleRequest\x1a\x1c.meshca.v1.GetBundleResponse\x12O\n" +
 	"\fMintX509SVID\x12\x1e.meshca.v1.MintX509SVIDRequest\x1a\x1f.meshca.v1.MintX509SVIDResponse\x12R\n" +
 	"\rListIssuances\x12\x1f.meshca.v1.ListIssuancesRequest\x1a .meshca.v1.ListIssuancesResponse\x12[\n" +
-	"\x10PrepareAuthority\x12\".meshca.v1.PrepareAuthorityRequest\x1a#.meshca.v1.PrepareAuthorityResponseB0Z.github.com/meshca/meshca/api/meshcav1;meshcav1b\x06proto3"
+	"\x10PrepareAuthority\x12\".meshca.v1.PrepareAuthorityRequest\x1a#.meshca.v1.PrepareAuthorityResponse\x12^\n" +
+	"\x11ActivateAuthority\x12#.meshca.v1.ActivateAuthorityRequest\x1a$.meshca.v1.ActivateAuthorityResponse\x12X\n" +
+	"\x0fRetireAuthority\x12!.meshca.v1.RetireAuthorityRequest\x1a\".meshca.v1.RetireAuthorityResponse\x12X\n" +
+	"\x0fRemoveAuthority\x12!.meshca.v1.RemoveAuthorityRequest\x1a\".meshca.v1.RemoveAuthorityResponse\x12^\n" +
+	"\x11GetRotationStatus\x12#.meshca.v1.GetRotationStatusRequest\x1a$.meshca.v1.GetRotationStatusResponseB0Z.github.com/meshca/meshca/api/meshcav1;meshcav1b\x06proto3"
 
 var (
 	file_meshca_v1_admin_proto_rawDescOnce sync.Once
@@ -778,49 +1356,73 @@ func file_meshca_v1_admin_proto_rawDescGZIP() []byte {
 	return file_meshca_v1_admin_proto_rawDescData
 }
 
-var file_meshca_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_meshca_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_meshca_v1_admin_proto_goTypes = []any{
-	(*PrepareAuthorityRequest)(nil),  // 0: meshca.v1.PrepareAuthorityRequest
-	(*PrepareAuthorityResponse)(nil), // 1: meshca.v1.PrepareAuthorityResponse
-	(*GetStatusRequest)(nil),         // 2: meshca.v1.GetStatusRequest
-	(*GetStatusResponse)(nil),        // 3: meshca.v1.GetStatusResponse
-	(*Authority)(nil),                // 4: meshca.v1.Authority
-	(*GetBundleRequest)(nil),         // 5: meshca.v1.GetBundleRequest
-	(*GetBundleResponse)(nil),        // 6: meshca.v1.GetBundleResponse
-	(*MintX509SVIDRequest)(nil),      // 7: meshca.v1.MintX509SVIDRequest
-	(*MintX509SVIDResponse)(nil),     // 8: meshca.v1.MintX509SVIDResponse
-	(*ListIssuancesRequest)(nil),     // 9: meshca.v1.ListIssuancesRequest
-	(*ListIssuancesResponse)(nil),    // 10: meshca.v1.ListIssuancesResponse
-	(*Issuance)(nil),                 // 11: meshca.v1.Issuance
-	(*timestamppb.Timestamp)(nil),    // 12: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),      // 13: google.protobuf.Duration
+	(*PrepareAuthorityRequest)(nil),   // 0: meshca.v1.PrepareAuthorityRequest
+	(*PrepareAuthorityResponse)(nil),  // 1: meshca.v1.PrepareAuthorityResponse
+	(*GetStatusRequest)(nil),          // 2: meshca.v1.GetStatusRequest
+	(*GetStatusResponse)(nil),         // 3: meshca.v1.GetStatusResponse
+	(*Authority)(nil),                 // 4: meshca.v1.Authority
+	(*GetBundleRequest)(nil),          // 5: meshca.v1.GetBundleRequest
+	(*GetBundleResponse)(nil),         // 6: meshca.v1.GetBundleResponse
+	(*MintX509SVIDRequest)(nil),       // 7: meshca.v1.MintX509SVIDRequest
+	(*MintX509SVIDResponse)(nil),      // 8: meshca.v1.MintX509SVIDResponse
+	(*ListIssuancesRequest)(nil),      // 9: meshca.v1.ListIssuancesRequest
+	(*ListIssuancesResponse)(nil),     // 10: meshca.v1.ListIssuancesResponse
+	(*Issuance)(nil),                  // 11: meshca.v1.Issuance
+	(*ActivateAuthorityRequest)(nil),  // 12: meshca.v1.ActivateAuthorityRequest
+	(*ActivateAuthorityResponse)(nil), // 13: meshca.v1.ActivateAuthorityResponse
+	(*RetireAuthorityRequest)(nil),    // 14: meshca.v1.RetireAuthorityRequest
+	(*RetireAuthorityResponse)(nil),   // 15: meshca.v1.RetireAuthorityResponse
+	(*RemoveAuthorityRequest)(nil),    // 16: meshca.v1.RemoveAuthorityRequest
+	(*RemoveAuthorityResponse)(nil),   // 17: meshca.v1.RemoveAuthorityResponse
+	(*GetRotationStatusRequest)(nil),  // 18: meshca.v1.GetRotationStatusRequest
+	(*GetRotationStatusResponse)(nil), // 19: meshca.v1.GetRotationStatusResponse
+	(*AuthorityRotation)(nil),         // 20: meshca.v1.AuthorityRotation
+	(*timestamppb.Timestamp)(nil),     // 21: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 22: google.protobuf.Duration
 }
 var file_meshca_v1_admin_proto_depIdxs = []int32{
 	4,  // 0: meshca.v1.PrepareAuthorityResponse.authority:type_name -> meshca.v1.Authority
 	4,  // 1: meshca.v1.GetStatusResponse.authorities:type_name -> meshca.v1.Authority
-	12, // 2: meshca.v1.Authority.not_before:type_name -> google.protobuf.Timestamp
-	12, // 3: meshca.v1.Authority.not_after:type_name -> google.protobuf.Timestamp
-	13, // 4: meshca.v1.MintX509SVIDRequest.ttl:type_name -> google.protobuf.Duration
-	12, // 5: meshca.v1.MintX509SVIDResponse.not_after:type_name -> google.protobuf.Timestamp
+	21, // 2: meshca.v1.Authority.not_before:type_name -> google.protobuf.Timestamp
+	21, // 3: meshca.v1.Authority.not_after:type_name -> google.protobuf.Timestamp
+	22, // 4: meshca.v1.MintX509SVIDRequest.ttl:type_name -> google.protobuf.Duration
+	21, // 5: meshca.v1.MintX509SVIDResponse.not_after:type_name -> google.protobuf.Timestamp
 	11, // 6: meshca.v1.ListIssuancesResponse.issuances:type_name -> meshca.v1.Issuance
-	12, // 7: meshca.v1.Issuance.not_before:type_name -> google.protobuf.Timestamp
-	12, // 8: meshca.v1.Issuance.not_after:type_name -> google.protobuf.Timestamp
-	12, // 9: meshca.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
-	2,  // 10: meshca.v1.AdminService.GetStatus:input_type -> meshca.v1.GetStatusRequest
-	5,  // 11: meshca.v1.AdminService.GetBundle:input_type -> meshca.v1.GetBundleRequest
-	7,  // 12: meshca.v1.AdminService.MintX509SVID:input_type -> meshca.v1.MintX509SVIDRequest
-	9,  // 13: meshca.v1.AdminService.ListIssuances:input_type -> meshca.v1.ListIssuancesRequest
-	0,  // 14: meshca.v1.AdminService.PrepareAuthority:input_type -> meshca.v1.PrepareAuthorityRequest
-	3,  // 15: meshca.v1.AdminService.GetStatus:output_type -> meshca.v1.GetStatusResponse
-	6,  // 16: meshca.v1.AdminService.GetBundle:output_type -> meshca.v1.GetBundleResponse
-	8,  // 17: meshca.v1.AdminService.MintX509SVID:output_type -> meshca.v1.MintX509SVIDResponse
-	10, // 18: meshca.v1.AdminService.ListIssuances:output_type -> meshca.v1.ListIssuancesResponse
-	1,  // 19: meshca.v1.AdminService.PrepareAuthority:output_type -> meshca.v1.PrepareAuthorityResponse
-	15, // [15:20] is the sub-list for method output_type
-	10, // [10:15] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	21, // 7: meshca.v1.Issuance.not_before:type_name -> google.protobuf.Timestamp
+	21, // 8: meshca.v1.Issuance.not_after:type_name -> google.protobuf.Timestamp
+	21, // 9: meshca.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
+	4,  // 10: meshca.v1.ActivateAuthorityResponse.authority:type_name -> meshca.v1.Authority
+	4,  // 11: meshca.v1.RetireAuthorityResponse.authority:type_name -> meshca.v1.Authority
+	4,  // 12: meshca.v1.RemoveAuthorityResponse.authority:type_name -> meshca.v1.Authority
+	20, // 13: meshca.v1.GetRotationStatusResponse.authorities:type_name -> meshca.v1.AuthorityRotation
+	21, // 14: meshca.v1.GetRotationStatusResponse.safe_at:type_name -> google.protobuf.Timestamp
+	4,  // 15: meshca.v1.AuthorityRotation.authority:type_name -> meshca.v1.Authority
+	21, // 16: meshca.v1.AuthorityRotation.safe_to_remove_at:type_name -> google.protobuf.Timestamp
+	2,  // 17: meshca.v1.AdminService.GetStatus:input_type -> meshca.v1.GetStatusRequest
+	5,  // 18: meshca.v1.AdminService.GetBundle:input_type -> meshca.v1.GetBundleRequest
+	7,  // 19: meshca.v1.AdminService.MintX509SVID:input_type -> meshca.v1.MintX509SVIDRequest
+	9,  // 20: meshca.v1.AdminService.ListIssuances:input_type -> meshca.v1.ListIssuancesRequest
+	0,  // 21: meshca.v1.AdminService.PrepareAuthority:input_type -> meshca.v1.PrepareAuthorityRequest
+	12, // 22: meshca.v1.AdminService.ActivateAuthority:input_type -> meshca.v1.ActivateAuthorityRequest
+	14, // 23: meshca.v1.AdminService.RetireAuthority:input_type -> meshca.v1.RetireAuthorityRequest
+	16, // 24: meshca.v1.AdminService.RemoveAuthority:input_type -> meshca.v1.RemoveAuthorityRequest
+	18, // 25: meshca.v1.AdminService.GetRotationStatus:input_type -> meshca.v1.GetRotationStatusRequest
+	3,  // 26: meshca.v1.AdminService.GetStatus:output_type -> meshca.v1.GetStatusResponse
+	6,  // 27: meshca.v1.AdminService.GetBundle:output_type -> meshca.v1.GetBundleResponse
+	8,  // 28: meshca.v1.AdminService.MintX509SVID:output_type -> meshca.v1.MintX509SVIDResponse
+	10, // 29: meshca.v1.AdminService.ListIssuances:output_type -> meshca.v1.ListIssuancesResponse
+	1,  // 30: meshca.v1.AdminService.PrepareAuthority:output_type -> meshca.v1.PrepareAuthorityResponse
+	13, // 31: meshca.v1.AdminService.ActivateAuthority:output_type -> meshca.v1.ActivateAuthorityResponse
+	15, // 32: meshca.v1.AdminService.RetireAuthority:output_type -> meshca.v1.RetireAuthorityResponse
+	17, // 33: meshca.v1.AdminService.RemoveAuthority:output_type -> meshca.v1.RemoveAuthorityResponse
+	19, // 34: meshca.v1.AdminService.GetRotationStatus:output_type -> meshca.v1.GetRotationStatusResponse
+	26, // [26:35] is the sub-list for method output_type
+	17, // [17:26] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_meshca_v1_admin_proto_init() }
@@ -834,7 +1436,7 @@ func file_meshca_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshca_v1_admin_proto_rawDesc), len(file_meshca_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,11 +22,15 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_GetStatus_FullMethodName        = "/meshca.v1.AdminService/GetStatus"
-	AdminService_GetBundle_FullMethodName        = "/meshca.v1.AdminService/GetBundle"
-	AdminService_MintX509SVID_FullMethodName     = "/meshca.v1.AdminService/MintX509SVID"
-	AdminService_ListIssuances_FullMethodName    = "/meshca.v1.AdminService/ListIssuances"
-	AdminService_PrepareAuthority_FullMethodName = "/meshca.v1.AdminService/PrepareAuthority"
+	AdminService_GetStatus_FullMethodName         = "/meshca.v1.AdminService/GetStatus"
+	AdminService_GetBundle_FullMethodName         = "/meshca.v1.AdminService/GetBundle"
+	AdminService_MintX509SVID_FullMethodName      = "/meshca.v1.AdminService/MintX509SVID"
+	AdminService_ListIssuances_FullMethodName     = "/meshca.v1.AdminService/ListIssuances"
+	AdminService_PrepareAuthority_FullMethodName  = "/meshca.v1.AdminService/PrepareAuthority"
+	AdminService_ActivateAuthority_FullMethodName = "/meshca.v1.AdminService/ActivateAuthority"
+	AdminService_RetireAuthority_FullMethodName   = "/meshca.v1.AdminService/RetireAuthority"
+	AdminService_RemoveAuthority_FullMethodName   = "/meshca.v1.AdminService/RemoveAuthority"
+	AdminService_GetRotationStatus_FullMethodName = "/meshca.v1.AdminService/GetRotationStatus"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -48,6 +52,21 @@ type AdminServiceClient interface {
 	// pushed to every open stream at once, not signing yet. The first step of a
 	// rotation.
 	PrepareAuthority(ctx context.Context, in *PrepareAuthorityRequest, opts ...grpc.CallOption) (*PrepareAuthorityResponse, error)
+	// ActivateAuthority makes the prepared authority sign, and retires the one that
+	// signed until now. Refused with FailedPrecondition while some open SDS or ADS
+	// stream subscribed to the bundle has not acknowledged one containing the new
+	// roots, unless force is set.
+	ActivateAuthority(ctx context.Context, in *ActivateAuthorityRequest, opts ...grpc.CallOption) (*ActivateAuthorityResponse, error)
+	// RetireAuthority withdraws a prepared authority that will not be activated. It
+	// stays trusted until it is removed.
+	RetireAuthority(ctx context.Context, in *RetireAuthorityRequest, opts ...grpc.CallOption) (*RetireAuthorityResponse, error)
+	// RemoveAuthority stops trusting a retired authority and erases its key. Refused
+	// with FailedPrecondition, naming when it becomes safe, while certificates that
+	// need its roots are still valid, unless force is set.
+	RemoveAuthority(ctx context.Context, in *RemoveAuthorityRequest, opts ...grpc.CallOption) (*RemoveAuthorityResponse, error)
+	// GetRotationStatus says where a rotation stands and whether its next step is
+	// safe yet.
+	GetRotationStatus(ctx context.Context, in *GetRotationStatusRequest, opts ...grpc.CallOption) (*GetRotationStatusResponse, error)
 }
 
 type adminServiceClient struct {
@@ -108,6 +127,46 @@ func (c *adminServiceClient) PrepareAuthority(ctx context.Context, in *PrepareAu
 	return out, nil
 }
 
+func (c *adminServiceClient) ActivateAuthority(ctx context.Context, in *ActivateAuthorityRequest, opts ...grpc.CallOption) (*ActivateAuthorityResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ActivateAuthorityResponse)
+	err := c.cc.Invoke(ctx, AdminService_ActivateAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RetireAuthority(ctx context.Context, in *RetireAuthorityRequest, opts ...grpc.CallOption) (*RetireAuthorityResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetireAuthorityResponse)
+	err := c.cc.Invoke(ctx, AdminService_RetireAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RemoveAuthority(ctx context.Context, in *RemoveAuthorityRequest, opts ...grpc.CallOption) (*RemoveAuthorityResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveAuthorityResponse)
+	err := c.cc.Invoke(ctx, AdminService_RemoveAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) GetRotationStatus(ctx context.Context, in *GetRotationStatusRequest, opts ...grpc.CallOption) (*GetRotationStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetRotationStatusResponse)
+	err := c.cc.Invoke(ctx, AdminService_GetRotationStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -127,6 +186,21 @@ type AdminServiceServer interface {
 	// pushed to every open stream at once, not signing yet. The first step of a
 	// rotation.
 	PrepareAuthority(context.Context, *PrepareAuthorityRequest) (*PrepareAuthorityResponse, error)
+	// ActivateAuthority makes the prepared authority sign, and retires the one that
+	// signed until now. Refused with FailedPrecondition while some open SDS or ADS
+	// stream subscribed to the bundle has not acknowledged one containing the new
+	// roots, unless force is set.
+	ActivateAuthority(context.Context, *ActivateAuthorityRequest) (*ActivateAuthorityResponse, error)
+	// RetireAuthority withdraws a prepared authority that will not be activated. It
+	// stays trusted until it is removed.
+	RetireAuthority(context.Context, *RetireAuthorityRequest) (*RetireAuthorityResponse, error)
+	// RemoveAuthority stops trusting a retired authority and erases its key. Refused
+	// with FailedPrecondition, naming when it becomes safe, while certificates that
+	// need its roots are still valid, unless force is set.
+	RemoveAuthority(context.Context, *RemoveAuthorityRequest) (*RemoveAuthorityResponse, error)
+	// GetRotationStatus says where a rotation stands and whether its next step is
+	// safe yet.
+	GetRotationStatus(context.Context, *GetRotationStatusRequest) (*GetRotationStatusResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -151,6 +225,18 @@ func (UnimplementedAdminServiceServer) ListIssuances(context.Context, *ListIssua
 }
 func (UnimplementedAdminServiceServer) PrepareAuthority(context.Context, *PrepareAuthorityRequest) (*PrepareAuthorityResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method PrepareAuthority not implemented")
+}
+func (UnimplementedAdminServiceServer) ActivateAuthority(context.Context, *ActivateAuthorityRequest) (*ActivateAuthorityResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ActivateAuthority not implemented")
+}
+func (UnimplementedAdminServiceServer) RetireAuthority(context.Context, *RetireAuthorityRequest) (*RetireAuthorityResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetireAuthority not implemented")
+}
+func (UnimplementedAdminServiceServer) RemoveAuthority(context.Context, *RemoveAuthorityRequest) (*RemoveAuthorityResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveAuthority not implemented")
+}
+func (UnimplementedAdminServiceServer) GetRotationStatus(context.Context, *GetRotationStatusRequest) (*GetRotationStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetRotationStatus not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -263,6 +349,78 @@ func _AdminService_PrepareAuthority_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ActivateAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ActivateAuthorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ActivateAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ActivateAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ActivateAuthority(ctx, req.(*ActivateAuthorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RetireAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetireAuthorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RetireAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RetireAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RetireAuthority(ctx, req.(*RetireAuthorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RemoveAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveAuthorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RemoveAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RemoveAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RemoveAuthority(ctx, req.(*RemoveAuthorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_GetRotationStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRotationStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetRotationStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_GetRotationStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetRotationStatus(ctx, req.(*GetRotationStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -289,6 +447,22 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "PrepareAuthority",
 			Handler:    _AdminService_PrepareAuthority_Handler,
+		},
+		{
+			MethodName: "ActivateAuthority",
+			Handler:    _AdminService_ActivateAuthority_Handler,
+		},
+		{
+			MethodName: "RetireAuthority",
+			Handler:    _AdminService_RetireAuthority_Handler,
+		},
+		{
+			MethodName: "RemoveAuthority",
+			Handler:    _AdminService_RemoveAuthority_Handler,
+		},
+		{
+			MethodName: "GetRotationStatus",
+			Handler:    _AdminService_GetRotationStatus_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

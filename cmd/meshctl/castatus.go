@@ -34,8 +34,9 @@ type authorityStatus struct {
 func newCACommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "ca",
-		Short: "Inspect the certificate authority",
+		Short: "Inspect and rotate the certificate authority",
 	}
+	cmd.AddCommand(newRotateCommand(g))
 	cmd.AddCommand(&cobra.Command{
 		Use:   "status",
 		Short: "Show the trust domain and every authority with its expiry",

@@ -93,7 +93,7 @@ func newMainGRPC(addr string, serving *servingCert, m *metrics, log *slog.Logger
 
 // newAdminGRPC listens on the admin Unix socket, mode 0600, with the admin and policy
 // APIs.
-func newAdminGRPC(path string, authority *ca.CA, st *store.Bolt,
+func newAdminGRPC(path string, authority *ca.CA, st *store.Bolt, acks api.BundleAcks,
 	policies meshcav1.PolicyServiceServer, m *metrics, log *slog.Logger) (*grpcServer, error) {
 	if err := removeStaleSocket(path); err != nil {
 		return nil, err
@@ -112,7 +112,7 @@ func newAdminGRPC(path string, authority *ca.CA, st *store.Bolt,
 	}
 	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(m.unaryInterceptor))
 	meshcav1.RegisterAdminServiceServer(srv, api.NewAdmin(api.AdminConfig{
-		CA: authority, Audit: st, Logger: log,
+		CA: authority, Audit: st, Acks: acks, Logger: log,
 	}))
 	meshcav1.RegisterPolicyServiceServer(srv, policies)
 	hs := health.NewServer()

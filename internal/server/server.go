@@ -177,7 +177,8 @@ func (s *Server) build(ctx context.Context, st *store.Bolt) ([]runner, Addrs, er
 	policyAPI := api.NewPolicies(api.PolicyConfig{
 		Store: st, TrustDomain: s.cfg.TrustDomain, Changed: policies.changed, Logger: s.log,
 	})
-	admin, err := newAdminGRPC(s.cfg.AdminSocket, authority, st, policyAPI, metrics, s.log)
+	admin, err := newAdminGRPC(s.cfg.AdminSocket, authority, st, discovery, policyAPI, metrics,
+		s.log)
 	if err != nil {
 		mainGRPC.close()
 		return nil, Addrs{}, err

@@ -22,9 +22,11 @@ type servingCert struct {
 	dnsNames []string
 	log      *slog.Logger
 
-	// mu guards cert.
+	// mu guards cert and signer.
 	mu   sync.RWMutex
 	cert *tls.Certificate
+	// signer is the ID of the authority that signed cert.
+	signer string
 }
 
 func newServingCert(authority *ca.CA, dnsNames []string, log *slog.Logger) *servingCert {
@@ -57,7 +59,7 @@ func (s *servingCert) renew(ctx context.Context) error {
 		cert.Certificate = append(cert.Certificate, c.Raw)
 	}
 	s.mu.Lock()
-	s.cert = cert
+	s.cert, s.signer = cert, svid.AuthorityID
 	s.mu.Unlock()
 	s.log.Info("Serving certificate renewed", "serial", svid.Leaf().SerialNumber.Text(16),
 		"not_after", svid.Leaf().NotAfter)
@@ -71,19 +73,25 @@ func (s *servingCert) getCertificate(*tls.ClientHelloInfo) (*tls.Certificate, er
 	return s.cert, nil
 }
 
-// Run renews the certificate at half of its remaining lifetime until ctx ends. A
+// Run renews the certificate at half of its remaining lifetime until ctx ends, and at
+// once when another authority starts signing, so that the old one can be removed. A
 // failed renewal is logged and retried every minute, even past the old
 // certificate's expiry, since meshca cannot serve TLS without one.
 func (s *servingCert) Run(ctx context.Context) error {
 	for {
 		s.mu.RLock()
-		leaf := s.cert.Leaf
+		leaf, signer := s.cert.Leaf, s.signer
 		s.mu.RUnlock()
 		wait := time.Until(leaf.NotAfter) / 2
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(wait):
+		_, changed := s.ca.WatchBundle()
+		if s.ca.ActiveID() == signer {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-changed:
+				continue
+			case <-time.After(wait):
+			}
 		}
 		if err := s.renew(ctx); err != nil {
 			s.log.Error("Failed to renew serving certificate", "error", err)
