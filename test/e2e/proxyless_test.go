@@ -282,13 +282,19 @@ var meshctlBinary = sync.OnceValues(func() (string, error) {
 	return bin, nil
 })
 
+// meshctlCmd returns the command running meshctl against this server.
+func meshctlCmd(t *testing.T, m *meshca, args ...string) *exec.Cmd {
+	t.Helper()
+	bin, err := meshctlBinary()
+	require.NoError(t, err)
+	return exec.Command(bin, append([]string{"--admin-socket", m.addrs.Admin}, args...)...)
+}
+
 // meshctl runs the meshctl binary against this server with stdin and returns its
 // standard output; a non-zero exit fails the test.
 func (m *meshca) meshctl(t *testing.T, stdin string, args ...string) string {
 	t.Helper()
-	bin, err := meshctlBinary()
-	require.NoError(t, err)
-	cmd := exec.Command(bin, append([]string{"--admin-socket", m.addrs.Admin}, args...)...)
+	cmd := meshctlCmd(t, m, args...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr

@@ -43,13 +43,9 @@ func Bootstrap(w Workload) ([]byte, error) {
 	if w.CertFile == "" || w.KeyFile == "" || w.BundleFile == "" {
 		return nil, errors.New("certificate, key and bundle files are required")
 	}
-	serverName := w.ServerName
-	if serverName == "" {
-		host, _, err := net.SplitHostPort(w.ServerURI)
-		if err != nil {
-			return nil, fmt.Errorf("server URI %q: %w", w.ServerURI, err)
-		}
-		serverName = host
+	creds, err := credentialsOf(w)
+	if err != nil {
+		return nil, err
 	}
 	refresh := w.Refresh
 	if refresh <= 0 {
@@ -62,10 +58,8 @@ func Bootstrap(w Workload) ([]byte, error) {
 	}
 	doc := obj{
 		"xds_servers": []obj{{
-			"server_uri": w.ServerURI,
-			"channel_creds": []obj{{"type": CredentialsType, "config": CredentialsConfig{
-				CAFile: w.CAFile, TokenFile: w.TokenFile, ServerName: serverName,
-			}}},
+			"server_uri":      w.ServerURI,
+			"channel_creds":   []obj{{"type": CredentialsType, "config": creds}},
 			"server_features": []string{"xds_v3"},
 		}},
 		"node": node,
@@ -89,4 +83,18 @@ func Bootstrap(w Workload) ([]byte, error) {
 // with an "s" suffix.
 func durationJSON(d time.Duration) string {
 	return strconv.FormatFloat(d.Seconds(), 'f', -1, 64) + "s"
+}
+
+// credentialsOf is the "meshca" credentials config of a workload; the server name
+// defaults to the host of the server URI.
+func credentialsOf(w Workload) (CredentialsConfig, error) {
+	name := w.ServerName
+	if name == "" {
+		host, _, err := net.SplitHostPort(w.ServerURI)
+		if err != nil {
+			return CredentialsConfig{}, fmt.Errorf("server URI %q: %w", w.ServerURI, err)
+		}
+		name = host
+	}
+	return CredentialsConfig{CAFile: w.CAFile, TokenFile: w.TokenFile, ServerName: name}, nil
 }

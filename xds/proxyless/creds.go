@@ -56,16 +56,25 @@ func (builder) Build(raw json.RawMessage) (credentials.Bundle, func(), error) {
 	if err := json.Unmarshal(raw, &cfg); err != nil {
 		return nil, nil, fmt.Errorf("meshca credentials: %w", err)
 	}
+	b, err := newBundle(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return b, func() {}, nil
+}
+
+// newBundle checks the config and reads the roots once, so that a missing file is
+// reported when the channel is built.
+func newBundle(cfg CredentialsConfig) (*bundle, error) {
 	if cfg.CAFile == "" || cfg.TokenFile == "" || cfg.ServerName == "" {
-		return nil, nil, errors.New("meshca credentials: ca_certificate_file, " +
+		return nil, errors.New("meshca credentials: ca_certificate_file, " +
 			"token_file and server_name are required")
 	}
 	roots := &rootFile{path: cfg.CAFile}
 	if _, err := roots.pool(); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	b := &bundle{cfg: cfg, roots: roots}
-	return b, func() {}, nil
+	return &bundle{cfg: cfg, roots: roots}, nil
 }
 
 // bundle is TLS that verifies meshca against the CA file, plus the token.
