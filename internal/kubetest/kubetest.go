@@ -273,3 +273,15 @@ func findScripts() (string, error) {
 		}
 	}
 }
+
+// StartCluster builds the binaries if needed and starts a cluster for a program
+// rather than a test (make demo). The cluster stops when the calling process exits,
+// or with Stop.
+func StartCluster() (*Cluster, error) { return start() }
+
+// Stop ends the cluster's processes; with keep, its directory (logs, etcd data)
+// stays, and its path is printed.
+func (c *Cluster) Stop(keep bool) error { return c.stop(!keep) }
+
+// Dir is the cluster's directory: its logs, keys and etcd data.
+func (c *Cluster) Dir() string { return c.dir }
