@@ -21,9 +21,12 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServerCommand())
+	root.AddCommand(newServerCommand(), newDocsCommand())
 	return root
 }
+
+// configFlag names the config file; it is a flag only, never a key of the file.
+const configFlag = "config"
 
 // serverFlags are the raw flag values of `meshca server`, before validation.
 type serverFlags struct {
@@ -62,7 +65,7 @@ func newServerCommand() *cobra.Command {
 			if f.configFile == "" {
 				return nil
 			}
-			return cli.ApplyConfigFile(f.configFile, cmd.Flags(), "config")
+			return cli.ApplyConfigFile(f.configFile, cmd.Flags(), configFlag)
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := f.config()
@@ -77,7 +80,7 @@ func newServerCommand() *cobra.Command {
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&f.configFile, "config", "", "YAML file whose keys are these flag names; "+
+	fs.StringVar(&f.configFile, configFlag, "", "YAML file whose keys are these flag names; "+
 		"flags given on the command line win")
 	fs.StringVar(&f.dataDir, "data-dir", "./meshca-data", "directory of the embedded store")
 	fs.StringVar(&f.trustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain")

@@ -56,7 +56,7 @@ func newRootCommand(now func() time.Time) *cobra.Command {
 		cobra.FixedCompletions(formatNames, cobra.ShellCompDirectiveNoFileComp))
 
 	root.AddCommand(newCACommand(g), newBundleCommand(g), newSVIDCommand(g),
-		newCertCommand(g), newPolicyCommand(g))
+		newCertCommand(g), newPolicyCommand(g), newDocsCommand())
 	return root
 }
 

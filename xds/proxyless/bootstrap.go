@@ -24,7 +24,7 @@ type Workload struct {
 	TokenFile string
 	// NodeID names the workload in meshca's logs, e.g. the pod name.
 	NodeID string
-	// Metadata is sent as node metadata (see xds.MetaService, xds.MetaInstanceIP).
+	// Metadata is sent as node metadata (see xds.MetaInstanceIP).
 	Metadata map[string]string
 	// CertFile, KeyFile and BundleFile are where the workload's SVID, its key and
 	// the trust bundle are kept up to date; grpc-go's file_watcher reads them.
