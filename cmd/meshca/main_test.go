@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/x509"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -270,4 +271,28 @@ func readFile(t *testing.T, path string) []byte {
 	b, err := io.ReadAll(f)
 	require.NoError(t, err)
 	return b
+}
+
+// Without a Kubernetes API meshca serves its admin API and health, and says it cannot
+// serve workloads.
+func TestNotReadyWithoutKubernetes(t *testing.T) {
+	t.Setenv("KUBECONFIG", "")
+	p := startServer(t, "--data-dir", t.TempDir())
+	line := p.waitReady(t)
+	m := regexp.MustCompile(`http_addr=(\S+)`).FindStringSubmatch(line)
+	require.Len(t, m, 2, "no http_addr in %q", line)
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + m[1] + path)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, string(body)
+	}
+	code, _ := get("/healthz")
+	require.Equal(t, http.StatusOK, code)
+	code, body := get("/readyz")
+	require.Equal(t, http.StatusServiceUnavailable, code)
+	require.Contains(t, body, "token authentication: no Kubernetes API configured")
+	p.stop(t)
 }

@@ -186,6 +186,12 @@ func (s *Server) build(ctx context.Context, st *store.Bolt) ([]runner, Addrs, er
 	var checks []readyCheck
 	if access != nil {
 		checks = append(checks, readyCheck{name: "token authentication", check: access.ready})
+	} else {
+		// Health, the admin API and the bundle still work; workloads cannot be served.
+		checks = append(checks, readyCheck{name: "token authentication", check: func() error {
+			return errors.New("no Kubernetes API configured (--kubeconfig, in-cluster " +
+				"credentials or $KUBECONFIG)")
+		}})
 	}
 	httpSrv, err := newHTTP(s.cfg.HTTPAddr, reg, checks)
 	if err != nil {
