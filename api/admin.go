@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -42,9 +43,17 @@ type BundleAcks interface {
 	BundleAcks(root *x509.Certificate) (acked, total int)
 }
 
-// AuditLog reads the issuance audit log.
+// Reissuer re-issues workload certificates under a newly active authority.
+type Reissuer interface {
+	// Reissue schedules the renewal of every workload certificate that the authority
+	// signer did not sign, each at a random time within window, and returns how many.
+	Reissue(signer string, window time.Duration) int
+}
+
+// AuditLog reads the issuance and rotation audit logs.
 type AuditLog interface {
 	Issuances(ctx context.Context, q store.IssuanceQuery) ([]store.Issuance, error)
+	AuthorityEvents(ctx context.Context) ([]store.AuthorityEvent, error)
 }
 
 // AdminConfig configures the admin service.
@@ -52,18 +61,22 @@ type AdminConfig struct {
 	CA    Authority
 	Audit AuditLog
 	// Acks is consulted before activating an authority; nil counts no streams.
-	Acks   BundleAcks
-	Logger *slog.Logger
+	Acks BundleAcks
+	// Reissuer re-issues workload certificates after an activation that asks for
+	// it; nil re-issues none.
+	Reissuer Reissuer
+	Logger   *slog.Logger
 }
 
 // Admin implements meshcav1.AdminServiceServer. Whoever reaches it is trusted: it is
 // served only on the 0600 admin socket.
 type Admin struct {
 	meshcav1.UnimplementedAdminServiceServer
-	ca    Authority
-	audit AuditLog
-	acks  BundleAcks
-	log   *slog.Logger
+	ca       Authority
+	audit    AuditLog
+	acks     BundleAcks
+	reissuer Reissuer
+	log      *slog.Logger
 }
 
 var _ meshcav1.AdminServiceServer = (*Admin)(nil)
@@ -78,7 +91,11 @@ func NewAdmin(cfg AdminConfig) *Admin {
 	if acks == nil {
 		acks = noStreams{}
 	}
-	return &Admin{ca: cfg.CA, audit: cfg.Audit, acks: acks, log: log}
+	reissuer := cfg.Reissuer
+	if reissuer == nil {
+		reissuer = noStreams{}
+	}
+	return &Admin{ca: cfg.CA, audit: cfg.Audit, acks: acks, reissuer: reissuer, log: log}
 }
 
 // GetStatus implements meshcav1.AdminServiceServer.

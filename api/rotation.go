@@ -17,6 +17,25 @@ import (
 const activateRisk = "a workload whose bundle lacks the new root rejects every peer " +
 	"certificate the new authority signs, so its connections fail until it gets the bundle"
 
+// DefaultReissueWindow spreads the re-issue of workload certificates after an
+// activation when the request names no window: long enough that a large mesh does not
+// hit the CA and the store at once, far shorter than the normal renewal of default
+// one-hour certificates.
+const DefaultReissueWindow = 5 * time.Minute
+
+// ActivationCheck says why activating s is not safe yet: how many open SDS and ADS
+// streams subscribed to the trust bundle have not acknowledged one containing every
+// root of s. It returns "" when every such stream has. The admin API and automatic
+// rotation both refuse to activate while it is not empty.
+func ActivationCheck(acks BundleAcks, s ca.AuthorityStatus) string {
+	acked, total := ackedBy(acks, s)
+	if acked >= total {
+		return ""
+	}
+	return fmt.Sprintf("%d of %d streams have not acknowledged a bundle containing "+
+		"authority %s", total-acked, total, s.ID)
+}
+
 // PrepareAuthority implements meshcav1.AdminServiceServer.
 func (a *Admin) PrepareAuthority(ctx context.Context, req *meshcav1.PrepareAuthorityRequest) (
 	*meshcav1.PrepareAuthorityResponse, error) {
@@ -40,17 +59,22 @@ func (a *Admin) PrepareAuthority(ctx context.Context, req *meshcav1.PrepareAutho
 // ActivateAuthority implements meshcav1.AdminServiceServer.
 func (a *Admin) ActivateAuthority(ctx context.Context, req *meshcav1.ActivateAuthorityRequest) (
 	*meshcav1.ActivateAuthorityResponse, error) {
+	window := req.GetReissueWindow().AsDuration()
+	if req.GetReissueWindow() != nil && (!req.GetReissueWindow().IsValid() || window < 0) {
+		err := fmt.Errorf("reissue window %s must not be negative: %w", window,
+			ca.ErrInvalidRequest)
+		return nil, ToStatus(ctx, a.log, "activate authority", err)
+	}
+	if window == 0 {
+		window = DefaultReissueWindow
+	}
 	var detail string
 	if target, ok := a.findPrepared(req.GetId()); ok {
-		acked, total := a.ackedBy(target)
-		if acked < total {
-			detail = fmt.Sprintf("%d of %d streams have not acknowledged a bundle containing "+
-				"authority %s", total-acked, total, target.ID)
-			if !req.GetForce() {
-				err := fmt.Errorf("%s; wait for them (meshctl ca rotate status), or use --force, "+
-					"which risks this: %s: %w", detail, activateRisk, ca.ErrPrecondition)
-				return nil, ToStatus(ctx, a.log, "activate authority", err)
-			}
+		detail = ActivationCheck(a.acks, target)
+		if detail != "" && !req.GetForce() {
+			err := fmt.Errorf("%s; wait for them (meshctl ca rotate status), or use --force, "+
+				"which risks this: %s: %w", detail, activateRisk, ca.ErrPrecondition)
+			return nil, ToStatus(ctx, a.log, "activate authority", err)
 		}
 	}
 	st, err := a.ca.Activate(ctx, ca.ActivateParams{
@@ -64,6 +88,10 @@ func (a *Admin) ActivateAuthority(ctx context.Context, req *meshcav1.ActivateAut
 		resp.Warning = "forced: " + detail + "; " + activateRisk
 		a.log.WarnContext(ctx, "Activated an authority before every stream had its bundle",
 			"authority_id", st.ID, "detail", detail)
+	}
+	if req.GetReissue() {
+		resp.Reissued = int32(a.reissuer.Reissue(st.ID, window))
+		resp.ReissuedBy = timestamppb.New(time.Now().Add(window))
 	}
 	return resp, nil
 }
@@ -110,7 +138,7 @@ func (a *Admin) GetRotationStatus(ctx context.Context, _ *meshcav1.GetRotationSt
 		r := &meshcav1.AuthorityRotation{Authority: authorityProto(s)}
 		switch s.State {
 		case store.StatePrepared:
-			acked, total := a.ackedBy(s)
+			acked, total := ackedBy(a.acks, s)
 			r.StreamsAcked, r.StreamsTotal = int32(acked), int32(total)
 			prepared = append(prepared, r)
 		case store.StateRetired:
@@ -165,10 +193,10 @@ func (a *Admin) findPrepared(id string) (ca.AuthorityStatus, bool) {
 
 // ackedBy returns how many subscribed streams have every root of s, and how many
 // streams are subscribed.
-func (a *Admin) ackedBy(s ca.AuthorityStatus) (acked, total int) {
+func ackedBy(acks BundleAcks, s ca.AuthorityStatus) (acked, total int) {
 	acked = -1
 	for _, r := range s.Roots {
-		n, t := a.acks.BundleAcks(r)
+		n, t := acks.BundleAcks(r)
 		if acked < 0 || n < acked {
 			acked = n
 		}
@@ -177,7 +205,33 @@ func (a *Admin) ackedBy(s ca.AuthorityStatus) (acked, total int) {
 	return max(acked, 0), total
 }
 
-// noStreams is the BundleAcks of a server with no discovery streams.
+// GetRotationLog implements meshcav1.AdminServiceServer.
+func (a *Admin) GetRotationLog(ctx context.Context, _ *meshcav1.GetRotationLogRequest) (
+	*meshcav1.GetRotationLogResponse, error) {
+	events, err := a.audit.AuthorityEvents(ctx)
+	if err != nil {
+		return nil, ToStatus(ctx, a.log, "rotation log", err)
+	}
+	resp := &meshcav1.GetRotationLogResponse{}
+	for _, ev := range events {
+		pe := &meshcav1.RotationEvent{
+			Seq: ev.Seq, At: timestamppb.New(ev.At), Op: ev.Op, Created: ev.Created,
+			Forced: ev.Forced, Detail: ev.Detail,
+		}
+		for _, ch := range ev.Changes {
+			pe.Changes = append(pe.Changes, &meshcav1.AuthorityChange{
+				Id: ch.ID, From: string(ch.From), To: string(ch.To),
+			})
+		}
+		resp.Events = append(resp.Events, pe)
+	}
+	return resp, nil
+}
+
+// noStreams stands in for a server with no discovery streams: none to acknowledge a
+// bundle, no certificate to re-issue.
 type noStreams struct{}
 
 func (noStreams) BundleAcks(*x509.Certificate) (int, int) { return 0, 0 }
+
+func (noStreams) Reissue(string, time.Duration) int { return 0 }

@@ -252,6 +252,10 @@ type AuthorityStatus struct {
 	Fingerprint string // SHA-256 of the certificate, lowercase hex
 	NotBefore   time.Time
 	NotAfter    time.Time
+	// ChainNotAfter is when the authority stops being usable: the earliest NotAfter
+	// of its certificate, the certificates that issued it and its roots. No leaf it
+	// signs outlives it. For an authority meshca created it equals NotAfter.
+	ChainNotAfter time.Time
 	// Root is true for a self-signed authority, false for an intermediate.
 	Root bool
 	// Certificate is the authority's own certificate.
@@ -268,15 +272,16 @@ func (c *CA) Authorities() []AuthorityStatus {
 	out := make([]AuthorityStatus, 0, len(c.all))
 	for _, a := range c.all {
 		out = append(out, AuthorityStatus{
-			ID:          a.id,
-			State:       a.state,
-			Subject:     a.cert.Subject.String(),
-			Fingerprint: Fingerprint(a.cert.Raw),
-			NotBefore:   a.cert.NotBefore,
-			NotAfter:    a.cert.NotAfter,
-			Root:        isSelfSigned(a.cert),
-			Certificate: a.cert,
-			Roots:       a.roots,
+			ID:            a.id,
+			State:         a.state,
+			Subject:       a.cert.Subject.String(),
+			Fingerprint:   Fingerprint(a.cert.Raw),
+			NotBefore:     a.cert.NotBefore,
+			NotAfter:      a.cert.NotAfter,
+			ChainNotAfter: a.notAfter,
+			Root:          isSelfSigned(a.cert),
+			Certificate:   a.cert,
+			Roots:         a.roots,
 		})
 	}
 	return out

@@ -32,6 +32,8 @@ type PrepareParams struct {
 	// Import, when set, is an operator's CA (root or intermediate) to prepare instead
 	// of creating one; Intermediate is then ignored.
 	Import *Import
+	// Detail goes into the audit record, e.g. why automatic rotation prepared it.
+	Detail string
 }
 
 // PrepareAuthority creates (or imports) the next authority in the prepared state:
@@ -67,7 +69,7 @@ func (c *CA) PrepareAuthority(ctx context.Context, p PrepareParams) (AuthoritySt
 
 	err = rs.ChangeAuthorities(ctx, store.AuthorityChangeSet{
 		Create: &a,
-		Event:  store.AuthorityEvent{At: now, Op: "prepare", Created: a.ID},
+		Event:  store.AuthorityEvent{At: now, Op: "prepare", Created: a.ID, Detail: p.Detail},
 	})
 	if err != nil {
 		return AuthorityStatus{}, fmt.Errorf("failed to store prepared authority: %w", err)

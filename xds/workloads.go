@@ -22,6 +22,10 @@ type workloadCert struct {
 	serial   string
 	issued   time.Time
 	notAfter time.Time
+	// authority is the ID of the authority that signed it.
+	authority string
+	// due is its normal renewal time, jittered once when it is issued.
+	due time.Time
 }
 
 // certEntry is the certificate of one pod identity, shared by every stream of that
@@ -32,11 +36,19 @@ type certEntry struct {
 	// refs counts the streams using the entry; guarded by certManager.mu.
 	refs int
 
-	// mu guards cur, changed and stop, and serializes the first issuance.
+	// mu guards cur, changed, stop and reissueAt, and serializes the first issuance.
 	mu      sync.Mutex
 	cur     *workloadCert
 	changed chan struct{}      // closed and replaced at every renewal
 	stop    context.CancelFunc // ends the renewer; set with the first certificate
+	// reissueAt, when set, is a renewal earlier than cur.due that Reissue asked for,
+	// to move the certificate to the authority reissueTo; the renewer clears both
+	// once that authority signed the certificate it serves.
+	reissueAt time.Time
+	reissueTo string
+	// poke wakes the renewer to read reissueAt again. Buffered: one wake-up is
+	// enough, however many Reissue calls came.
+	poke chan struct{}
 }
 
 // current returns the certificate and a channel closed when it is renewed.
@@ -69,7 +81,8 @@ func (m *certManager) acquire(ctx context.Context, ident ca.Identity) (*certEntr
 	m.mu.Lock()
 	e := m.entries[key]
 	if e == nil {
-		e = &certEntry{ident: ident, key: key, changed: make(chan struct{})}
+		e = &certEntry{ident: ident, key: key, changed: make(chan struct{}),
+			poke: make(chan struct{}, 1)}
 		m.entries[key] = e
 	}
 	e.refs++
@@ -131,13 +144,36 @@ func (m *certManager) issue(ctx context.Context, ident ca.Identity) (*workloadCe
 		return nil, err
 	}
 	leaf := svid.Leaf()
-	return &workloadCert{
-		chainPEM: pemCerts(svid.Certificates),
-		keyPEM:   keyPEM,
-		serial:   leaf.SerialNumber.Text(16),
-		issued:   time.Now(),
-		notAfter: leaf.NotAfter,
-	}, nil
+	wc := &workloadCert{
+		chainPEM:  pemCerts(svid.Certificates),
+		keyPEM:    keyPEM,
+		serial:    leaf.SerialNumber.Text(16),
+		issued:    time.Now(),
+		notAfter:  leaf.NotAfter,
+		authority: svid.AuthorityID,
+	}
+	wc.due = renewAt(wc)
+	return wc, nil
+}
+
+// Reissue schedules the renewal of every direct-mode workload certificate (the
+// ones served over SDS and ADS) that the authority with ID signer did not sign, each
+// at its own random time within window from now, or at its normal renewal if that
+// comes first; zero window renews them all at once. It returns how many it
+// scheduled. Rotation calls it after activating signer, so that certificates move to
+// the new authority sooner than their normal renewal; the new certificates are pushed
+// on every open stream that uses them, as at any renewal. Certificates issued later
+// are signed by signer anyway.
+func (s *Server) Reissue(signer string, window time.Duration) int {
+	select {
+	case <-s.ready:
+	default:
+		return 0 // no issuer yet, so no certificate either
+	}
+	n := s.workload.reissue(signer, window)
+	s.log.Info("Scheduled workload certificates for re-issue", "authority_id", signer,
+		"certificates", n, "window", window)
+	return n
 }
 
 // renewAt is about half of the certificate's lifetime, with ±10% jitter so that
@@ -148,14 +184,72 @@ func renewAt(wc *workloadCert) time.Time {
 	return wc.issued.Add(time.Duration(float64(life) * frac))
 }
 
+// nextRenewal returns the current certificate and when to renew it: at its normal
+// time, or earlier if Reissue asked for that.
+func (e *certEntry) nextRenewal() (*workloadCert, time.Time) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	at := e.cur.due
+	if !e.reissueAt.IsZero() && e.reissueAt.Before(at) {
+		at = e.reissueAt
+	}
+	return e.cur, at
+}
+
+// reissue asks the renewer to renew before at, unless the current certificate was
+// signed by the authority keep, and says whether it asked.
+func (e *certEntry) reissue(keep string, at time.Time) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.cur == nil || e.cur.authority == keep {
+		return false // not issued yet (it will be, by keep), or already by keep
+	}
+	if e.reissueAt.IsZero() || at.Before(e.reissueAt) {
+		e.reissueAt = at
+	}
+	e.reissueTo = keep
+	select {
+	case e.poke <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// reissue schedules the renewal of every certificate not signed by the authority
+// keep, each at a random time within window from now, and returns how many.
+func (m *certManager) reissue(keep string, window time.Duration) int {
+	m.mu.Lock()
+	entries := make([]*certEntry, 0, len(m.entries))
+	for _, e := range m.entries {
+		entries = append(entries, e)
+	}
+	m.mu.Unlock()
+
+	now := time.Now()
+	n := 0
+	for _, e := range entries {
+		at := now
+		if window > 0 {
+			at = now.Add(rand.N(window))
+		}
+		if e.reissue(keep, at) {
+			n++
+		}
+	}
+	return n
+}
+
 func (m *certManager) renewLoop(ctx context.Context, e *certEntry) {
 	for {
-		cur, _ := e.current()
-		timer := time.NewTimer(time.Until(renewAt(cur)))
+		cur, at := e.nextRenewal()
+		timer := time.NewTimer(time.Until(at))
 		select {
 		case <-ctx.Done():
 			timer.Stop()
 			return
+		case <-e.poke:
+			timer.Stop()
+			continue
 		case <-timer.C:
 		}
 		wc, err := m.issue(ctx, e.ident)
@@ -171,6 +265,9 @@ func (m *certManager) renewLoop(ctx context.Context, e *certEntry) {
 		}
 		e.mu.Lock()
 		e.cur = wc
+		if wc.authority == e.reissueTo {
+			e.reissueAt, e.reissueTo = time.Time{}, ""
+		}
 		close(e.changed)
 		e.changed = make(chan struct{})
 		e.mu.Unlock()

@@ -751,7 +751,14 @@ type ActivateAuthorityRequest struct {
 	// The prepared authority; empty means the only one.
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// Activate even though some streams have not acknowledged the new bundle.
-	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
+	Force bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
+	// Re-issue every workload certificate that meshca delivers over SDS or ADS under
+	// the new authority now, each at a random time within reissue_window, instead of
+	// at its normal renewal.
+	Reissue bool `protobuf:"varint,3,opt,name=reissue,proto3" json:"reissue,omitempty"`
+	// The window of reissue; unset or zero means the server's default (5 minutes).
+	// Must not be negative.
+	ReissueWindow *durationpb.Duration `protobuf:"bytes,4,opt,name=reissue_window,json=reissueWindow,proto3" json:"reissue_window,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -800,11 +807,29 @@ func (x *ActivateAuthorityRequest) GetForce() bool {
 	return false
 }
 
+func (x *ActivateAuthorityRequest) GetReissue() bool {
+	if x != nil {
+		return x.Reissue
+	}
+	return false
+}
+
+func (x *ActivateAuthorityRequest) GetReissueWindow() *durationpb.Duration {
+	if x != nil {
+		return x.ReissueWindow
+	}
+	return nil
+}
+
 type ActivateAuthorityResponse struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Authority *Authority             `protobuf:"bytes,1,opt,name=authority,proto3" json:"authority,omitempty"`
 	// Set when force overrode the acknowledgement check: what was skipped.
-	Warning       string `protobuf:"bytes,2,opt,name=warning,proto3" json:"warning,omitempty"`
+	Warning string `protobuf:"bytes,2,opt,name=warning,proto3" json:"warning,omitempty"`
+	// With reissue: how many workload certificates are scheduled to be re-issued,
+	// and the time by which all of them will have been.
+	Reissued      int32                  `protobuf:"varint,3,opt,name=reissued,proto3" json:"reissued,omitempty"`
+	ReissuedBy    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=reissued_by,json=reissuedBy,proto3" json:"reissued_by,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -851,6 +876,20 @@ func (x *ActivateAuthorityResponse) GetWarning() string {
 		return x.Warning
 	}
 	return ""
+}
+
+func (x *ActivateAuthorityResponse) GetReissued() int32 {
+	if x != nil {
+		return x.Reissued
+	}
+	return 0
+}
+
+func (x *ActivateAuthorityResponse) GetReissuedBy() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ReissuedBy
+	}
+	return nil
 }
 
 type RetireAuthorityRequest struct {
@@ -1247,6 +1286,247 @@ func (x *AuthorityRotation) GetSafeToRemoveAt() *timestamppb.Timestamp {
 	return nil
 }
 
+type GetRotationLogRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRotationLogRequest) Reset() {
+	*x = GetRotationLogRequest{}
+	mi := &file_meshca_v1_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRotationLogRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRotationLogRequest) ProtoMessage() {}
+
+func (x *GetRotationLogRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRotationLogRequest.ProtoReflect.Descriptor instead.
+func (*GetRotationLogRequest) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{21}
+}
+
+type GetRotationLogResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every rotation step, oldest first.
+	Events        []*RotationEvent `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRotationLogResponse) Reset() {
+	*x = GetRotationLogResponse{}
+	mi := &file_meshca_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRotationLogResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRotationLogResponse) ProtoMessage() {}
+
+func (x *GetRotationLogResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRotationLogResponse.ProtoReflect.Descriptor instead.
+func (*GetRotationLogResponse) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *GetRotationLogResponse) GetEvents() []*RotationEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+// RotationEvent is one record of the rotation audit log.
+type RotationEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Numbers the events from 1, in the order they were committed.
+	Seq uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	At  *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=at,proto3" json:"at,omitempty"`
+	// The step: "prepare", "activate", "retire" or "remove".
+	Op string `protobuf:"bytes,3,opt,name=op,proto3" json:"op,omitempty"`
+	// The authority the step created, if any.
+	Created string `protobuf:"bytes,4,opt,name=created,proto3" json:"created,omitempty"`
+	// The state changes of the step.
+	Changes []*AuthorityChange `protobuf:"bytes,5,rep,name=changes,proto3" json:"changes,omitempty"`
+	// True when an operator overrode a safety check.
+	Forced bool `protobuf:"varint,6,opt,name=forced,proto3" json:"forced,omitempty"`
+	// What the safety check found, e.g. how many streams had not acknowledged.
+	Detail        string `protobuf:"bytes,7,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotationEvent) Reset() {
+	*x = RotationEvent{}
+	mi := &file_meshca_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotationEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotationEvent) ProtoMessage() {}
+
+func (x *RotationEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotationEvent.ProtoReflect.Descriptor instead.
+func (*RotationEvent) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *RotationEvent) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *RotationEvent) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *RotationEvent) GetOp() string {
+	if x != nil {
+		return x.Op
+	}
+	return ""
+}
+
+func (x *RotationEvent) GetCreated() string {
+	if x != nil {
+		return x.Created
+	}
+	return ""
+}
+
+func (x *RotationEvent) GetChanges() []*AuthorityChange {
+	if x != nil {
+		return x.Changes
+	}
+	return nil
+}
+
+func (x *RotationEvent) GetForced() bool {
+	if x != nil {
+		return x.Forced
+	}
+	return false
+}
+
+func (x *RotationEvent) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+// AuthorityChange moves one authority from one state to another.
+type AuthorityChange struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	From          string                 `protobuf:"bytes,2,opt,name=from,proto3" json:"from,omitempty"`
+	To            string                 `protobuf:"bytes,3,opt,name=to,proto3" json:"to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthorityChange) Reset() {
+	*x = AuthorityChange{}
+	mi := &file_meshca_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthorityChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthorityChange) ProtoMessage() {}
+
+func (x *AuthorityChange) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthorityChange.ProtoReflect.Descriptor instead.
+func (*AuthorityChange) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *AuthorityChange) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *AuthorityChange) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *AuthorityChange) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
 var File_meshca_v1_admin_proto protoreflect.FileDescriptor
 
 const file_meshca_v1_admin_proto_rawDesc = "" +
@@ -1301,13 +1581,18 @@ const file_meshca_v1_admin_proto_rawDesc = "" +
 	"not_before\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x127\n" +
 	"\tnot_after\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x127\n" +
 	"\tissued_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\bissuedAt\x12\x1c\n" +
-	"\trequester\x18\a \x01(\tR\trequester\"@\n" +
+	"\trequester\x18\a \x01(\tR\trequester\"\x9c\x01\n" +
 	"\x18ActivateAuthorityRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
-	"\x05force\x18\x02 \x01(\bR\x05force\"i\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\x12\x18\n" +
+	"\areissue\x18\x03 \x01(\bR\areissue\x12@\n" +
+	"\x0ereissue_window\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\rreissueWindow\"\xc2\x01\n" +
 	"\x19ActivateAuthorityResponse\x122\n" +
 	"\tauthority\x18\x01 \x01(\v2\x14.meshca.v1.AuthorityR\tauthority\x12\x18\n" +
-	"\awarning\x18\x02 \x01(\tR\awarning\"(\n" +
+	"\awarning\x18\x02 \x01(\tR\awarning\x12\x1a\n" +
+	"\breissued\x18\x03 \x01(\x05R\breissued\x12;\n" +
+	"\vreissued_by\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"reissuedBy\"(\n" +
 	"\x16RetireAuthorityRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"M\n" +
 	"\x17RetireAuthorityResponse\x122\n" +
@@ -1332,7 +1617,22 @@ const file_meshca_v1_admin_proto_rawDesc = "" +
 	"\rstreams_acked\x18\x03 \x01(\x05R\fstreamsAcked\x12\x1f\n" +
 	"\vlive_leaves\x18\x04 \x01(\x05R\n" +
 	"liveLeaves\x12E\n" +
-	"\x11safe_to_remove_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x0esafeToRemoveAt2\x94\x06\n" +
+	"\x11safe_to_remove_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x0esafeToRemoveAt\"\x17\n" +
+	"\x15GetRotationLogRequest\"J\n" +
+	"\x16GetRotationLogResponse\x120\n" +
+	"\x06events\x18\x01 \x03(\v2\x18.meshca.v1.RotationEventR\x06events\"\xdd\x01\n" +
+	"\rRotationEvent\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12*\n" +
+	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x0e\n" +
+	"\x02op\x18\x03 \x01(\tR\x02op\x12\x18\n" +
+	"\acreated\x18\x04 \x01(\tR\acreated\x124\n" +
+	"\achanges\x18\x05 \x03(\v2\x1a.meshca.v1.AuthorityChangeR\achanges\x12\x16\n" +
+	"\x06forced\x18\x06 \x01(\bR\x06forced\x12\x16\n" +
+	"\x06detail\x18\a \x01(\tR\x06detail\"E\n" +
+	"\x0fAuthorityChange\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04from\x18\x02 \x01(\tR\x04from\x12\x0e\n" +
+	"\x02to\x18\x03 \x01(\tR\x02to2\xeb\x06\n" +
 	"\fAdminService\x12F\n" +
 	"\tGetStatus\x12\x1b.meshca.v1.GetStatusRequest\x1a\x1c.meshca.v1.GetStatusResponse\x12F\n" +
 	"\tGetBundle\x12\x1b.meshca.v1.GetBundleRequest\x1a\x1c.meshca.v1.GetBundleResponse\x12O\n" +
@@ -1342,7 +1642,8 @@ const file_meshca_v1_admin_proto_rawDesc = "" +
 	"\x11ActivateAuthority\x12#.meshca.v1.ActivateAuthorityRequest\x1a$.meshca.v1.ActivateAuthorityResponse\x12X\n" +
 	"\x0fRetireAuthority\x12!.meshca.v1.RetireAuthorityRequest\x1a\".meshca.v1.RetireAuthorityResponse\x12X\n" +
 	"\x0fRemoveAuthority\x12!.meshca.v1.RemoveAuthorityRequest\x1a\".meshca.v1.RemoveAuthorityResponse\x12^\n" +
-	"\x11GetRotationStatus\x12#.meshca.v1.GetRotationStatusRequest\x1a$.meshca.v1.GetRotationStatusResponseB0Z.github.com/meshca/meshca/api/meshcav1;meshcav1b\x06proto3"
+	"\x11GetRotationStatus\x12#.meshca.v1.GetRotationStatusRequest\x1a$.meshca.v1.GetRotationStatusResponse\x12U\n" +
+	"\x0eGetRotationLog\x12 .meshca.v1.GetRotationLogRequest\x1a!.meshca.v1.GetRotationLogResponseB0Z.github.com/meshca/meshca/api/meshcav1;meshcav1b\x06proto3"
 
 var (
 	file_meshca_v1_admin_proto_rawDescOnce sync.Once
@@ -1356,7 +1657,7 @@ func file_meshca_v1_admin_proto_rawDescGZIP() []byte {
 	return file_meshca_v1_admin_proto_rawDescData
 }
 
-var file_meshca_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_meshca_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_meshca_v1_admin_proto_goTypes = []any{
 	(*PrepareAuthorityRequest)(nil),   // 0: meshca.v1.PrepareAuthorityRequest
 	(*PrepareAuthorityResponse)(nil),  // 1: meshca.v1.PrepareAuthorityResponse
@@ -1379,50 +1680,61 @@ var file_meshca_v1_admin_proto_goTypes = []any{
 	(*GetRotationStatusRequest)(nil),  // 18: meshca.v1.GetRotationStatusRequest
 	(*GetRotationStatusResponse)(nil), // 19: meshca.v1.GetRotationStatusResponse
 	(*AuthorityRotation)(nil),         // 20: meshca.v1.AuthorityRotation
-	(*timestamppb.Timestamp)(nil),     // 21: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 22: google.protobuf.Duration
+	(*GetRotationLogRequest)(nil),     // 21: meshca.v1.GetRotationLogRequest
+	(*GetRotationLogResponse)(nil),    // 22: meshca.v1.GetRotationLogResponse
+	(*RotationEvent)(nil),             // 23: meshca.v1.RotationEvent
+	(*AuthorityChange)(nil),           // 24: meshca.v1.AuthorityChange
+	(*timestamppb.Timestamp)(nil),     // 25: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 26: google.protobuf.Duration
 }
 var file_meshca_v1_admin_proto_depIdxs = []int32{
 	4,  // 0: meshca.v1.PrepareAuthorityResponse.authority:type_name -> meshca.v1.Authority
 	4,  // 1: meshca.v1.GetStatusResponse.authorities:type_name -> meshca.v1.Authority
-	21, // 2: meshca.v1.Authority.not_before:type_name -> google.protobuf.Timestamp
-	21, // 3: meshca.v1.Authority.not_after:type_name -> google.protobuf.Timestamp
-	22, // 4: meshca.v1.MintX509SVIDRequest.ttl:type_name -> google.protobuf.Duration
-	21, // 5: meshca.v1.MintX509SVIDResponse.not_after:type_name -> google.protobuf.Timestamp
+	25, // 2: meshca.v1.Authority.not_before:type_name -> google.protobuf.Timestamp
+	25, // 3: meshca.v1.Authority.not_after:type_name -> google.protobuf.Timestamp
+	26, // 4: meshca.v1.MintX509SVIDRequest.ttl:type_name -> google.protobuf.Duration
+	25, // 5: meshca.v1.MintX509SVIDResponse.not_after:type_name -> google.protobuf.Timestamp
 	11, // 6: meshca.v1.ListIssuancesResponse.issuances:type_name -> meshca.v1.Issuance
-	21, // 7: meshca.v1.Issuance.not_before:type_name -> google.protobuf.Timestamp
-	21, // 8: meshca.v1.Issuance.not_after:type_name -> google.protobuf.Timestamp
-	21, // 9: meshca.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
-	4,  // 10: meshca.v1.ActivateAuthorityResponse.authority:type_name -> meshca.v1.Authority
-	4,  // 11: meshca.v1.RetireAuthorityResponse.authority:type_name -> meshca.v1.Authority
-	4,  // 12: meshca.v1.RemoveAuthorityResponse.authority:type_name -> meshca.v1.Authority
-	20, // 13: meshca.v1.GetRotationStatusResponse.authorities:type_name -> meshca.v1.AuthorityRotation
-	21, // 14: meshca.v1.GetRotationStatusResponse.safe_at:type_name -> google.protobuf.Timestamp
-	4,  // 15: meshca.v1.AuthorityRotation.authority:type_name -> meshca.v1.Authority
-	21, // 16: meshca.v1.AuthorityRotation.safe_to_remove_at:type_name -> google.protobuf.Timestamp
-	2,  // 17: meshca.v1.AdminService.GetStatus:input_type -> meshca.v1.GetStatusRequest
-	5,  // 18: meshca.v1.AdminService.GetBundle:input_type -> meshca.v1.GetBundleRequest
-	7,  // 19: meshca.v1.AdminService.MintX509SVID:input_type -> meshca.v1.MintX509SVIDRequest
-	9,  // 20: meshca.v1.AdminService.ListIssuances:input_type -> meshca.v1.ListIssuancesRequest
-	0,  // 21: meshca.v1.AdminService.PrepareAuthority:input_type -> meshca.v1.PrepareAuthorityRequest
-	12, // 22: meshca.v1.AdminService.ActivateAuthority:input_type -> meshca.v1.ActivateAuthorityRequest
-	14, // 23: meshca.v1.AdminService.RetireAuthority:input_type -> meshca.v1.RetireAuthorityRequest
-	16, // 24: meshca.v1.AdminService.RemoveAuthority:input_type -> meshca.v1.RemoveAuthorityRequest
-	18, // 25: meshca.v1.AdminService.GetRotationStatus:input_type -> meshca.v1.GetRotationStatusRequest
-	3,  // 26: meshca.v1.AdminService.GetStatus:output_type -> meshca.v1.GetStatusResponse
-	6,  // 27: meshca.v1.AdminService.GetBundle:output_type -> meshca.v1.GetBundleResponse
-	8,  // 28: meshca.v1.AdminService.MintX509SVID:output_type -> meshca.v1.MintX509SVIDResponse
-	10, // 29: meshca.v1.AdminService.ListIssuances:output_type -> meshca.v1.ListIssuancesResponse
-	1,  // 30: meshca.v1.AdminService.PrepareAuthority:output_type -> meshca.v1.PrepareAuthorityResponse
-	13, // 31: meshca.v1.AdminService.ActivateAuthority:output_type -> meshca.v1.ActivateAuthorityResponse
-	15, // 32: meshca.v1.AdminService.RetireAuthority:output_type -> meshca.v1.RetireAuthorityResponse
-	17, // 33: meshca.v1.AdminService.RemoveAuthority:output_type -> meshca.v1.RemoveAuthorityResponse
-	19, // 34: meshca.v1.AdminService.GetRotationStatus:output_type -> meshca.v1.GetRotationStatusResponse
-	26, // [26:35] is the sub-list for method output_type
-	17, // [17:26] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	25, // 7: meshca.v1.Issuance.not_before:type_name -> google.protobuf.Timestamp
+	25, // 8: meshca.v1.Issuance.not_after:type_name -> google.protobuf.Timestamp
+	25, // 9: meshca.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
+	26, // 10: meshca.v1.ActivateAuthorityRequest.reissue_window:type_name -> google.protobuf.Duration
+	4,  // 11: meshca.v1.ActivateAuthorityResponse.authority:type_name -> meshca.v1.Authority
+	25, // 12: meshca.v1.ActivateAuthorityResponse.reissued_by:type_name -> google.protobuf.Timestamp
+	4,  // 13: meshca.v1.RetireAuthorityResponse.authority:type_name -> meshca.v1.Authority
+	4,  // 14: meshca.v1.RemoveAuthorityResponse.authority:type_name -> meshca.v1.Authority
+	20, // 15: meshca.v1.GetRotationStatusResponse.authorities:type_name -> meshca.v1.AuthorityRotation
+	25, // 16: meshca.v1.GetRotationStatusResponse.safe_at:type_name -> google.protobuf.Timestamp
+	4,  // 17: meshca.v1.AuthorityRotation.authority:type_name -> meshca.v1.Authority
+	25, // 18: meshca.v1.AuthorityRotation.safe_to_remove_at:type_name -> google.protobuf.Timestamp
+	23, // 19: meshca.v1.GetRotationLogResponse.events:type_name -> meshca.v1.RotationEvent
+	25, // 20: meshca.v1.RotationEvent.at:type_name -> google.protobuf.Timestamp
+	24, // 21: meshca.v1.RotationEvent.changes:type_name -> meshca.v1.AuthorityChange
+	2,  // 22: meshca.v1.AdminService.GetStatus:input_type -> meshca.v1.GetStatusRequest
+	5,  // 23: meshca.v1.AdminService.GetBundle:input_type -> meshca.v1.GetBundleRequest
+	7,  // 24: meshca.v1.AdminService.MintX509SVID:input_type -> meshca.v1.MintX509SVIDRequest
+	9,  // 25: meshca.v1.AdminService.ListIssuances:input_type -> meshca.v1.ListIssuancesRequest
+	0,  // 26: meshca.v1.AdminService.PrepareAuthority:input_type -> meshca.v1.PrepareAuthorityRequest
+	12, // 27: meshca.v1.AdminService.ActivateAuthority:input_type -> meshca.v1.ActivateAuthorityRequest
+	14, // 28: meshca.v1.AdminService.RetireAuthority:input_type -> meshca.v1.RetireAuthorityRequest
+	16, // 29: meshca.v1.AdminService.RemoveAuthority:input_type -> meshca.v1.RemoveAuthorityRequest
+	18, // 30: meshca.v1.AdminService.GetRotationStatus:input_type -> meshca.v1.GetRotationStatusRequest
+	21, // 31: meshca.v1.AdminService.GetRotationLog:input_type -> meshca.v1.GetRotationLogRequest
+	3,  // 32: meshca.v1.AdminService.GetStatus:output_type -> meshca.v1.GetStatusResponse
+	6,  // 33: meshca.v1.AdminService.GetBundle:output_type -> meshca.v1.GetBundleResponse
+	8,  // 34: meshca.v1.AdminService.MintX509SVID:output_type -> meshca.v1.MintX509SVIDResponse
+	10, // 35: meshca.v1.AdminService.ListIssuances:output_type -> meshca.v1.ListIssuancesResponse
+	1,  // 36: meshca.v1.AdminService.PrepareAuthority:output_type -> meshca.v1.PrepareAuthorityResponse
+	13, // 37: meshca.v1.AdminService.ActivateAuthority:output_type -> meshca.v1.ActivateAuthorityResponse
+	15, // 38: meshca.v1.AdminService.RetireAuthority:output_type -> meshca.v1.RetireAuthorityResponse
+	17, // 39: meshca.v1.AdminService.RemoveAuthority:output_type -> meshca.v1.RemoveAuthorityResponse
+	19, // 40: meshca.v1.AdminService.GetRotationStatus:output_type -> meshca.v1.GetRotationStatusResponse
+	22, // 41: meshca.v1.AdminService.GetRotationLog:output_type -> meshca.v1.GetRotationLogResponse
+	32, // [32:42] is the sub-list for method output_type
+	22, // [22:32] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_meshca_v1_admin_proto_init() }
@@ -1436,7 +1748,7 @@ func file_meshca_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshca_v1_admin_proto_rawDesc), len(file_meshca_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -31,6 +31,7 @@ const (
 	AdminService_RetireAuthority_FullMethodName   = "/meshca.v1.AdminService/RetireAuthority"
 	AdminService_RemoveAuthority_FullMethodName   = "/meshca.v1.AdminService/RemoveAuthority"
 	AdminService_GetRotationStatus_FullMethodName = "/meshca.v1.AdminService/GetRotationStatus"
+	AdminService_GetRotationLog_FullMethodName    = "/meshca.v1.AdminService/GetRotationLog"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -67,6 +68,9 @@ type AdminServiceClient interface {
 	// GetRotationStatus says where a rotation stands and whether its next step is
 	// safe yet.
 	GetRotationStatus(ctx context.Context, in *GetRotationStatusRequest, opts ...grpc.CallOption) (*GetRotationStatusResponse, error)
+	// GetRotationLog reads the rotation audit log: every prepare, activate, retire
+	// and remove, oldest first.
+	GetRotationLog(ctx context.Context, in *GetRotationLogRequest, opts ...grpc.CallOption) (*GetRotationLogResponse, error)
 }
 
 type adminServiceClient struct {
@@ -167,6 +171,16 @@ func (c *adminServiceClient) GetRotationStatus(ctx context.Context, in *GetRotat
 	return out, nil
 }
 
+func (c *adminServiceClient) GetRotationLog(ctx context.Context, in *GetRotationLogRequest, opts ...grpc.CallOption) (*GetRotationLogResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetRotationLogResponse)
+	err := c.cc.Invoke(ctx, AdminService_GetRotationLog_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -201,6 +215,9 @@ type AdminServiceServer interface {
 	// GetRotationStatus says where a rotation stands and whether its next step is
 	// safe yet.
 	GetRotationStatus(context.Context, *GetRotationStatusRequest) (*GetRotationStatusResponse, error)
+	// GetRotationLog reads the rotation audit log: every prepare, activate, retire
+	// and remove, oldest first.
+	GetRotationLog(context.Context, *GetRotationLogRequest) (*GetRotationLogResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -237,6 +254,9 @@ func (UnimplementedAdminServiceServer) RemoveAuthority(context.Context, *RemoveA
 }
 func (UnimplementedAdminServiceServer) GetRotationStatus(context.Context, *GetRotationStatusRequest) (*GetRotationStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetRotationStatus not implemented")
+}
+func (UnimplementedAdminServiceServer) GetRotationLog(context.Context, *GetRotationLogRequest) (*GetRotationLogResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetRotationLog not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -421,6 +441,24 @@ func _AdminService_GetRotationStatus_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_GetRotationLog_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRotationLogRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetRotationLog(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_GetRotationLog_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetRotationLog(ctx, req.(*GetRotationLogRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -463,6 +501,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetRotationStatus",
 			Handler:    _AdminService_GetRotationStatus_Handler,
+		},
+		{
+			MethodName: "GetRotationLog",
+			Handler:    _AdminService_GetRotationLog_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -233,6 +233,8 @@ func TestConfigFile(t *testing.T) {
 		{"flag beats file", "trust-domain: Bad.Domain\n", []string{"--trust-domain", "Other.Bad"},
 			`--trust-domain "Other.Bad"`},
 		{"not YAML", "data-dir: [unclosed\n", nil, "is not valid YAML"},
+		{"negative expiry warning", "authority-expiry-warning: -1h\n", nil,
+			"--authority-expiry-warning -1h0m0s must not be negative"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()

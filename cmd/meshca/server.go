@@ -53,6 +53,8 @@ type serverFlags struct {
 	kubeBurst      int
 	defaultDeny    bool
 	publishBundle  bool
+	expiryWarning  time.Duration
+	autoRotate     bool
 }
 
 func newServerCommand() *cobra.Command {
@@ -113,6 +115,13 @@ func newServerCommand() *cobra.Command {
 	fs.IntVar(&f.kubeBurst, "kube-burst", 1000, "Kubernetes client burst")
 	fs.BoolVar(&f.defaultDeny, "default-deny", false,
 		"deny every request to a workload that no ALLOW policy selects")
+	fs.DurationVar(&f.expiryWarning, "authority-expiry-warning",
+		server.DefaultAuthorityExpiryWarning,
+		"log a warning, at start and daily, about every authority that expires within "+
+			"this long (0: never)")
+	fs.BoolVar(&f.autoRotate, "auto-rotate", false,
+		"rotate the root by itself: prepare a new one at half of the active authority's "+
+			"lifetime, activate it when a sixth remains once every stream has its bundle")
 	fs.BoolVar(&f.publishBundle, "publish-bundle", true,
 		"keep the ConfigMap meshca-root-cert (the roots in PEM) in every namespace "+
 			"when a Kubernetes API is configured")
@@ -154,6 +163,10 @@ func (f *serverFlags) config() (server.Config, error) {
 		errs = append(errs, errors.New("--token-cache-ttl must not be negative, "+
 			"--kube-qps and --kube-burst must be positive"))
 	}
+	if f.expiryWarning < 0 {
+		errs = append(errs, fmt.Errorf("--authority-expiry-warning %s must not be negative",
+			f.expiryWarning))
+	}
 	imp, err := f.caImport()
 	if err != nil {
 		errs = append(errs, err)
@@ -162,15 +175,17 @@ func (f *serverFlags) config() (server.Config, error) {
 		return server.Config{}, err
 	}
 	return server.Config{
-		DataDir:        f.dataDir,
-		TrustDomain:    td,
-		AdminSocket:    f.adminSocket,
-		GRPCAddr:       f.grpcAddr,
-		HTTPAddr:       f.httpAddr,
-		ServerDNSNames: f.serverDNSNames,
-		DefaultDeny:    f.defaultDeny,
-		PublishBundle:  f.publishBundle,
-		Logger:         log,
+		DataDir:                f.dataDir,
+		TrustDomain:            td,
+		AdminSocket:            f.adminSocket,
+		GRPCAddr:               f.grpcAddr,
+		HTTPAddr:               f.httpAddr,
+		ServerDNSNames:         f.serverDNSNames,
+		DefaultDeny:            f.defaultDeny,
+		PublishBundle:          f.publishBundle,
+		AuthorityExpiryWarning: f.expiryWarning,
+		AutoRotate:             f.autoRotate,
+		Logger:                 log,
 		CA: ca.Config{
 			DefaultTTL: f.leafTTL, MaxTTL: f.maxTTL, RootTTL: f.rootTTL,
 			KeyType: kt, Import: imp,

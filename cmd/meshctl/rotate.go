@@ -10,6 +10,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/meshca/meshca/api"
 	"github.com/meshca/meshca/api/meshcav1"
 )
 
@@ -24,6 +27,10 @@ type rotateResult struct {
 	Warning string `json:"warning,omitempty"`
 	// Next is the step that follows, as a command.
 	Next string `json:"next,omitempty"`
+	// Reissued counts the workload certificates that activate --reissue moves to the
+	// new authority, all of them by ReissuedBy.
+	Reissued   *int       `json:"reissued,omitempty"`
+	ReissuedBy *time.Time `json:"reissued_by,omitempty"`
 }
 
 // rotationStatus is the output of `meshctl ca rotate status`.
@@ -60,7 +67,7 @@ func newRotateCommand(g *globals) *cobra.Command {
 			"See docs/rotation.md.",
 	}
 	cmd.AddCommand(newRotatePrepare(g), newRotateActivate(g), newRotateRetire(g),
-		newRotateRemove(g), newRotateStatus(g))
+		newRotateRemove(g), newRotateStatus(g), newRotateLog(g))
 	return cmd
 }
 
@@ -115,33 +122,67 @@ func newRotatePrepare(g *globals) *cobra.Command {
 
 func newRotateActivate(g *globals) *cobra.Command {
 	var id string
-	var force bool
-	var wait time.Duration
+	var force, reissue bool
+	var wait, window time.Duration
 	cmd := &cobra.Command{
 		Use:   "activate",
 		Short: "Make the prepared authority sign, once every stream has its bundle",
 		Long: "activate makes the prepared authority sign and retires the one that signed.\n" +
 			"It is refused while some open SDS or ADS stream has not acknowledged a bundle\n" +
 			"containing the new root. --wait waits for them; --force skips the check, and\n" +
-			"workloads without the new bundle then reject certificates it signs.",
+			"workloads without the new bundle then reject certificates it signs.\n" +
+			"Workload certificates move to the new authority at their normal renewal;\n" +
+			"--reissue re-issues those meshca delivers over SDS and ADS now, each at a\n" +
+			"random time within --reissue-window.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runStep(cmd, g, "activate", func(ctx context.Context, c *adminClient) (
-				*meshcav1.Authority, string, error) {
-				if err := waitSafe(ctx, cmd.ErrOrStderr(), c, "activate", wait); err != nil {
-					return nil, "", err
-				}
-				resp, err := call(ctx, c, c.api.ActivateAuthority,
-					&meshcav1.ActivateAuthorityRequest{Id: id, Force: force})
-				return resp.GetAuthority(), resp.GetWarning(), err
-			})
+			if window < 0 {
+				return fmt.Errorf("--reissue-window %s must not be negative", window)
+			}
+			if cmd.Flags().Changed("reissue-window") && !reissue {
+				return errors.New("--reissue-window needs --reissue")
+			}
+			req := &meshcav1.ActivateAuthorityRequest{Id: id, Force: force, Reissue: reissue}
+			if reissue {
+				req.ReissueWindow = durationpb.New(window)
+			}
+			c, err := g.dialAdmin()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			ctx := cmd.Context()
+			if err := waitSafe(ctx, cmd.ErrOrStderr(), c, "activate", wait); err != nil {
+				return fmt.Errorf("activate refused: %w", err)
+			}
+			resp, err := call(ctx, c, c.api.ActivateAuthority, req)
+			if err != nil {
+				return fmt.Errorf("activate refused: %w", err)
+			}
+			res := activateResult(resp, g.now())
+			return render(cmd.OutOrStdout(), g.output, res, res.table)
 		},
 	}
 	cmd.Flags().StringVar(&id, "id", "", "the prepared authority (default: the only one)")
 	cmd.Flags().BoolVar(&force, "force", false,
 		"activate even if some streams lack the new bundle (their handshakes may fail)")
 	cmd.Flags().DurationVar(&wait, "wait", 0, "wait up to this long for the step to be safe")
+	cmd.Flags().BoolVar(&reissue, "reissue", false,
+		"re-issue every SDS/ADS workload certificate under the new authority now")
+	cmd.Flags().DurationVar(&window, "reissue-window", api.DefaultReissueWindow,
+		"spread the re-issue over this long (0: all at once)")
 	return cmd
+}
+
+// activateResult is the output of activate, with what --reissue scheduled.
+func activateResult(resp *meshcav1.ActivateAuthorityResponse, now time.Time) rotateResult {
+	res := rotateResult{Step: "activate", Authority: authorityFromProto(resp.GetAuthority(), now),
+		Warning: resp.GetWarning(), Next: nextCommand["activate"]}
+	if resp.GetReissuedBy() != nil {
+		n, by := int(resp.GetReissued()), resp.GetReissuedBy().AsTime()
+		res.Reissued, res.ReissuedBy = &n, &by
+	}
+	return res
 }
 
 func newRotateRetire(g *globals) *cobra.Command {
@@ -296,6 +337,10 @@ func (r rotateResult) table(w io.Writer) error {
 	fmt.Fprintf(w, "Not after: %s\n", timestamp(a.NotAfter))
 	if r.Warning != "" {
 		fmt.Fprintf(w, "Warning: %s\n", r.Warning)
+	}
+	if r.Reissued != nil {
+		fmt.Fprintf(w, "Re-issuing %d workload certificates under it, all by %s\n",
+			*r.Reissued, timestamp(*r.ReissuedBy))
 	}
 	if r.Next != "" {
 		fmt.Fprintf(w, "Next: %s\n", r.Next)

@@ -81,6 +81,59 @@ func TestGoldenRotateStep(t *testing.T) {
 	}
 }
 
+func TestGoldenRotateActivateReissue(t *testing.T) {
+	resp := &meshcav1.ActivateAuthorityResponse{
+		Authority: fixedRotation().Authorities[2].Authority, Reissued: 42,
+		ReissuedBy: ts("2026-03-01T12:05:00Z"),
+	}
+	resp.Authority.State = "active"
+	res := activateResult(resp, goldenNow)
+	for _, f := range []format{formatTable, formatJSON} {
+		t.Run(string(f), func(t *testing.T) {
+			var buf bytes.Buffer
+			require.NoError(t, render(&buf, f, res, res.table))
+			assertGolden(t, "rotate-activate-reissue."+string(f)+".golden", buf.Bytes())
+		})
+	}
+}
+
+func fixedRotationLog() *meshcav1.GetRotationLogResponse {
+	return &meshcav1.GetRotationLogResponse{Events: []*meshcav1.RotationEvent{{
+		Seq: 1, At: ts("2026-03-01T11:00:00Z"), Op: "prepare", Created: "c0ffee0123456789",
+	}, {
+		Seq: 2, At: ts("2026-03-01T11:10:00Z"), Op: "activate", Forced: true,
+		Detail: "2 of 5 streams have not acknowledged a bundle containing authority " +
+			"c0ffee0123456789",
+		Changes: []*meshcav1.AuthorityChange{
+			{Id: "c0ffee0123456789", From: "prepared", To: "active"},
+			{Id: "a7e5d3c1b9f8e6d4", From: "active", To: "retired"},
+		},
+	}, {
+		Seq: 3, At: ts("2026-03-02T12:00:00Z"), Op: "remove",
+		Changes: []*meshcav1.AuthorityChange{
+			{Id: "a7e5d3c1b9f8e6d4", From: "retired", To: "removed"},
+		},
+	}}}
+}
+
+func TestGoldenRotateLog(t *testing.T) {
+	l := rotationLogFromProto(fixedRotationLog())
+	for _, f := range []format{formatTable, formatJSON} {
+		t.Run(string(f), func(t *testing.T) {
+			var buf bytes.Buffer
+			require.NoError(t, render(&buf, f, l, l.table))
+			assertGolden(t, "rotate-log."+string(f)+".golden", buf.Bytes())
+		})
+	}
+	empty := rotationLogFromProto(&meshcav1.GetRotationLogResponse{})
+	var buf bytes.Buffer
+	require.NoError(t, render(&buf, formatTable, empty, empty.table))
+	require.Equal(t, "No rotation step has been taken.\n", buf.String())
+	buf.Reset()
+	require.NoError(t, render(&buf, formatJSON, empty, empty.table))
+	require.JSONEq(t, `{"events": []}`, buf.String())
+}
+
 func TestRotateFlagErrors(t *testing.T) {
 	absent := filepath.Join(t.TempDir(), "absent.sock")
 	pemFile := filepath.Join(t.TempDir(), "ca.pem")
@@ -107,6 +160,14 @@ func TestRotateFlagErrors(t *testing.T) {
 		name:    "an argument",
 		args:    []string{"ca", "rotate", "activate", "abc"},
 		wantErr: `unknown command "abc" for "meshctl ca rotate activate"`,
+	}, {
+		name:    "a re-issue window without --reissue",
+		args:    []string{"ca", "rotate", "activate", "--reissue-window", "1m"},
+		wantErr: "--reissue-window needs --reissue",
+	}, {
+		name:    "a negative re-issue window",
+		args:    []string{"ca", "rotate", "activate", "--reissue", "--reissue-window", "-1m"},
+		wantErr: "--reissue-window -1m0s must not be negative",
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -141,8 +202,10 @@ func TestE2ERotate(t *testing.T) {
 	require.Equal(t, codes.FailedPrecondition, status.Code(res.err))
 	require.ErrorContains(t, res.err, "is already prepared; activate or retire it first")
 
-	out = mustRun(t, socket, "ca", "rotate", "activate", "--wait", "10s")
+	out = mustRun(t, socket, "ca", "rotate", "activate", "--wait", "10s", "--reissue")
 	require.Contains(t, out, "is now active")
+	require.Contains(t, out, "Re-issuing 0 workload certificates under it, all by ",
+		"no SDS stream holds a certificate here")
 	require.Contains(t, out, "Next: meshctl ca rotate remove --wait 25h")
 
 	res = execute(t, time.Now(), "--admin-socket", socket, "ca", "rotate", "retire")
@@ -171,6 +234,17 @@ func TestE2ERotate(t *testing.T) {
 	out = mustRun(t, socket, "ca", "rotate", "remove", "--force")
 	require.Contains(t, out, "is now removed")
 	require.Contains(t, out, "Warning: forced: 1 certificates that need authority")
+
+	var log rotationLog
+	require.NoError(t, json.Unmarshal([]byte(mustRun(t, socket, "ca", "rotate", "log",
+		"-o", "json")), &log))
+	var steps []string
+	for _, ev := range log.Events {
+		steps = append(steps, fmt.Sprintf("%d %s forced=%t", ev.Seq, ev.Step, ev.Forced))
+	}
+	require.Equal(t, []string{"1 prepare forced=false", "2 activate forced=false",
+		"3 remove forced=true"}, steps)
+	require.Contains(t, log.Events[2].Detail, "1 certificates that need it are valid until")
 	require.Len(t, bundleCerts(t, socket), 1)
 	require.NotEqual(t, oldRoot, strings.TrimSpace(mustRun(t, socket, "bundle", "export")))
 }

@@ -91,9 +91,16 @@ func newMainGRPC(addr string, serving *servingCert, m *metrics, log *slog.Logger
 	return &grpcServer{name: "main gRPC", srv: srv, lis: lis, health: hs, log: log}, nil
 }
 
+// discoveryStreams is what the admin API needs of the discovery server: which streams
+// acknowledged a bundle, and re-issuing their certificates after an activation.
+type discoveryStreams interface {
+	api.BundleAcks
+	api.Reissuer
+}
+
 // newAdminGRPC listens on the admin Unix socket, mode 0600, with the admin and policy
 // APIs.
-func newAdminGRPC(path string, authority *ca.CA, st *store.Bolt, acks api.BundleAcks,
+func newAdminGRPC(path string, authority *ca.CA, st *store.Bolt, streams discoveryStreams,
 	policies meshcav1.PolicyServiceServer, m *metrics, log *slog.Logger) (*grpcServer, error) {
 	if err := removeStaleSocket(path); err != nil {
 		return nil, err
@@ -112,7 +119,7 @@ func newAdminGRPC(path string, authority *ca.CA, st *store.Bolt, acks api.Bundle
 	}
 	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(m.unaryInterceptor))
 	meshcav1.RegisterAdminServiceServer(srv, api.NewAdmin(api.AdminConfig{
-		CA: authority, Audit: st, Acks: acks, Logger: log,
+		CA: authority, Audit: st, Acks: streams, Reissuer: streams, Logger: log,
 	}))
 	meshcav1.RegisterPolicyServiceServer(srv, policies)
 	hs := health.NewServer()

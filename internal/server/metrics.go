@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/xds"
 )
 
@@ -29,7 +30,8 @@ var (
 	_ xds.Metrics      = (*metrics)(nil)
 )
 
-func newMetrics(reg *prometheus.Registry, authority *ca.CA) *metrics {
+// newMetrics registers meshca's metrics; now is the clock of the authorities' expiry.
+func newMetrics(reg *prometheus.Registry, authority *ca.CA, now func() time.Time) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshca_grpc_requests_total",
@@ -64,19 +66,26 @@ func newMetrics(reg *prometheus.Registry, authority *ca.CA) *metrics {
 	reg.MustRegister(m.requests, m.latency, m.reviews, m.cacheHits, m.streams, m.pushes, m.nacks,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		authorityExpiry(authority))
+		authorityExpiry(authority, now))
 	return m
 }
 
-// authorityExpiry reports the seconds until each authority expires, read at scrape.
-func authorityExpiry(authority *ca.CA) prometheus.Collector {
+// authorityExpiry reports, at scrape, the seconds until each authority still trusted
+// (prepared, active or retired; roots and intermediates alike) stops being usable:
+// the earliest expiry of its certificate, its issuers and its roots. Removed
+// authorities are left out: they no longer matter, and an alert on them could never
+// be resolved.
+func authorityExpiry(authority *ca.CA, now func() time.Time) prometheus.Collector {
 	desc := prometheus.NewDesc("meshca_authority_expiry_seconds",
-		"Seconds until the authority's certificate expires.",
+		"Seconds until the authority, with the certificates that issued it, expires.",
 		[]string{"authority_id", "state"}, nil)
 	return collectorFunc{desc: desc, collect: func(ch chan<- prometheus.Metric) {
 		for _, a := range authority.Authorities() {
+			if a.State == store.StateRemoved {
+				continue
+			}
 			ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue,
-				time.Until(a.NotAfter).Seconds(), a.ID, string(a.State))
+				a.ChainNotAfter.Sub(now()).Seconds(), a.ID, string(a.State))
 		}
 	}}
 }

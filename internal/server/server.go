@@ -52,6 +52,12 @@ type Config struct {
 	// PublishBundle keeps the ConfigMap meshca-root-cert in every namespace when a
 	// Kubernetes API is configured (internal/publisher).
 	PublishBundle bool
+	// AuthorityExpiryWarning logs at Warn every authority still trusted that expires
+	// within it, at start and then daily; zero turns the warnings off.
+	AuthorityExpiryWarning time.Duration
+	// AutoRotate prepares a new root at half of the active authority's lifetime and
+	// activates it when a sixth remains, once every stream has its bundle.
+	AutoRotate bool
 	// Logger is the process logger.
 	Logger *slog.Logger
 	// Ready, when set, is called once every listener is up and the CA is loaded.
@@ -145,7 +151,11 @@ func (s *Server) build(ctx context.Context, st *store.Bolt) ([]runner, Addrs, er
 		return nil, Addrs{}, fmt.Errorf("failed to start the certificate authority: %w", err)
 	}
 	reg := prometheus.NewRegistry()
-	metrics := newMetrics(reg, authority)
+	now := caCfg.Clock
+	if now == nil {
+		now = time.Now
+	}
+	metrics := newMetrics(reg, authority, now)
 	serving := newServingCert(authority, s.cfg.ServerDNSNames, s.log)
 	if err := serving.renew(ctx); err != nil {
 		return nil, Addrs{}, err
@@ -201,6 +211,10 @@ func (s *Server) build(ctx context.Context, st *store.Bolt) ([]runner, Addrs, er
 	}
 
 	runners := []runner{serving, mainGRPC, admin, httpSrv, policies}
+	if s.cfg.AuthorityExpiryWarning > 0 || s.cfg.AutoRotate {
+		runners = append(runners, newAuthorityWatch(authority, discovery,
+			s.cfg.AuthorityExpiryWarning, s.cfg.AutoRotate, now, s.log))
+	}
 	if access != nil {
 		runners = append(runners, access)
 	}

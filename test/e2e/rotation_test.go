@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/meshca/meshca/api/meshcav1"
 	"github.com/meshca/meshca/internal/kubetest"
@@ -263,4 +264,70 @@ func containsRoot(roots []*x509.Certificate, root *x509.Certificate) bool {
 func checkChain(t *testing.T, chain, roots []*x509.Certificate) {
 	t.Helper()
 	testutil.OpensslVerify(t, roots, chain)
+}
+
+// TestRotationReissueMovesLeavesAtOnce activates with reissue while SDS streams hold
+// hour-long certificates, whose normal renewal is at least 24 minutes away: every
+// stream gets a leaf of the new root within the re-issue window instead, after the
+// two-root bundle, and the leaf chains to the new root.
+func TestRotationReissueMovesLeavesAtOnce(t *testing.T) {
+	kube := kubetest.Start(t)
+	m := startMeshca(t, serverOpts{rest: kube.RESTConfig(), leafTTL: time.Hour})
+	ctx := context.Background()
+	var seq atomic.Int64
+
+	_, tokenA := workload(t, kube, "alpha")
+	_, tokenB := workload(t, kube, "beta")
+	both := record(t, openSDS(t, m.conn, tokenA, "default", "ROOTCA"), "alpha both", &seq)
+	certB := record(t, openSDS(t, m.conn, tokenB, "default"), "beta default", &seq)
+	certs := []*recorder{both, certB}
+	for _, r := range certs {
+		eventually(t, "first response on "+r.name, func() bool { return len(r.snapshot()) > 0 })
+	}
+	oldRoot := rootsNow(t, m)[0]
+
+	_, err := m.admin.PrepareAuthority(ctx, &meshcav1.PrepareAuthorityRequest{})
+	require.NoError(t, err)
+	newRoot := rootsNow(t, m)[1]
+	hasNew := func(s seen) bool { return containsRoot(s.roots, newRoot) }
+	eventually(t, "alpha gets the two-root bundle", func() bool {
+		return both.firstSeq(hasNew) > 0
+	})
+	var resp *meshcav1.ActivateAuthorityResponse
+	eventually(t, "activation once every stream acknowledged", func() bool {
+		resp, err = m.admin.ActivateAuthority(ctx, &meshcav1.ActivateAuthorityRequest{
+			Reissue: true, ReissueWindow: durationpb.New(2 * time.Second),
+		})
+		if status.Code(err) == codes.FailedPrecondition {
+			return false
+		}
+		require.NoError(t, err)
+		return true
+	})
+	require.EqualValues(t, 2, resp.Reissued, "one certificate per pod identity")
+
+	signedByNew := func(s seen) bool {
+		return s.leaf != nil && s.leaf.CheckSignatureFrom(newRoot) == nil
+	}
+	for _, r := range certs {
+		eventually(t, r.name+" gets a leaf of the new root", func() bool {
+			return r.firstSeq(signedByNew) > 0
+		})
+		var first *seen
+		for _, s := range r.snapshot() {
+			if s.leaf != nil && first == nil {
+				first = &s
+			}
+		}
+		require.Less(t, time.Now(), first.leaf.NotBefore.Add(24*time.Minute),
+			"%s moved long before its normal renewal", r.name)
+		for _, s := range r.snapshot() {
+			if signedByNew(s) {
+				checkChain(t, s.chain, []*x509.Certificate{oldRoot, newRoot})
+			}
+		}
+		require.Nil(t, r.err.Load(), "%s ended", r.name)
+	}
+	require.Less(t, both.firstSeq(hasNew), both.firstSeq(signedByNew),
+		"the two-root bundle came before the first leaf of the new root")
 }
