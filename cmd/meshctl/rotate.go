@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -292,6 +293,11 @@ func waitSafe(ctx context.Context, w io.Writer, c *adminClient, step string,
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	var last string
+	// On a terminal a progress line is redrawn at every poll.
+	tty := isTerminal(w)
+	if tty {
+		defer fmt.Fprintln(w)
+	}
 	for {
 		resp, err := call(ctx, c, c.api.GetRotationStatus, &meshcav1.GetRotationStatusRequest{})
 		if err != nil {
@@ -301,8 +307,14 @@ func waitSafe(ctx context.Context, w io.Writer, c *adminClient, step string,
 			return nil // the server refuses a step that is not next, with the reason
 		}
 		if msg := resp.GetWaitingFor(); msg != last {
+			if tty {
+				fmt.Fprintln(w) // end the progress line
+			}
 			fmt.Fprintf(w, "Waiting for %s\n", msg)
 			last = msg
+		}
+		if tty {
+			fmt.Fprintf(w, "\r%s\x1b[K", progressLine(step, resp, time.Now()))
 		}
 		select {
 		case <-ctx.Done():
@@ -417,4 +429,43 @@ func (a rotationAuthority) progress(now time.Time) string {
 	default:
 		return "-"
 	}
+}
+
+// isTerminal says whether w is a character device, such as an operator's terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// progressLine shows how far a step is from being safe: for activate, the share of
+// streams that acknowledged the prepared authority's bundle; for remove, the time
+// left until the last old leaf expires.
+func progressLine(step string, resp *meshcav1.GetRotationStatusResponse, now time.Time) string {
+	switch step {
+	case "activate":
+		for _, a := range resp.GetAuthorities() {
+			if a.GetAuthority().GetState() != "prepared" {
+				continue
+			}
+			acked, total := int(a.GetStreamsAcked()), int(a.GetStreamsTotal())
+			const width = 30
+			done := width
+			if total > 0 {
+				done = width * acked / total
+			}
+			return fmt.Sprintf("[%s%s] %d/%d streams acknowledged",
+				strings.Repeat("#", done), strings.Repeat(".", width-done), acked, total)
+		}
+	case "remove":
+		if at := resp.GetSafeAt(); at != nil {
+			left := max(at.AsTime().Sub(now), 0).Round(time.Second)
+			return fmt.Sprintf("safe in %s (at %s)", left,
+				at.AsTime().UTC().Format(time.RFC3339))
+		}
+	}
+	return "waiting"
 }

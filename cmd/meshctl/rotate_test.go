@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/meshca/meshca/api/meshcav1"
 )
@@ -258,4 +259,20 @@ func bundleCerts(t *testing.T, socket string) []string {
 		out[i] = string(c.Raw)
 	}
 	return out
+}
+
+func TestRotateProgressLine(t *testing.T) {
+	now := time.Date(2026, 12, 3, 20, 0, 0, 0, time.UTC)
+	resp := &meshcav1.GetRotationStatusResponse{
+		Authorities: []*meshcav1.AuthorityRotation{
+			{Authority: &meshcav1.Authority{State: "active"}, StreamsAcked: 9, StreamsTotal: 9},
+			{Authority: &meshcav1.Authority{State: "prepared"}, StreamsAcked: 2, StreamsTotal: 3},
+		},
+		SafeAt: timestamppb.New(now.Add(90 * time.Second)),
+	}
+	require.Equal(t, "[####################..........] 2/3 streams acknowledged",
+		progressLine("activate", resp, now))
+	require.Equal(t, "safe in 1m30s (at 2026-12-03T20:01:30Z)", progressLine("remove", resp, now))
+	require.Equal(t, "safe in 0s (at 2026-12-03T20:01:30Z)",
+		progressLine("remove", resp, now.Add(time.Hour)))
 }
