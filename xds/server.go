@@ -81,6 +81,9 @@ type Server struct {
 	config   *configState
 	// streamID numbers streams, to own the endpoints they register.
 	streamID atomic.Uint64
+	// bundleMu guards bundle, the encoded bundle shared by every stream.
+	bundleMu sync.Mutex
+	bundle   *bundleView
 	// acks tracks which bundle each subscribed stream acknowledged.
 	acks bundleAcks
 }

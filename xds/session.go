@@ -99,9 +99,29 @@ func (sess *session) configChanged() (policies, endpoints <-chan struct{}) {
 }
 
 func (sess *session) refreshBundle() {
-	b, ch := sess.s.issuer.WatchBundle()
-	sess.bundleRoots = b.X509Authorities()
-	sess.bundlePEM, sess.bundleChanged = pemCerts(sess.bundleRoots), ch
+	v := sess.s.currentBundle()
+	sess.bundleRoots, sess.bundlePEM, sess.bundleChanged = v.roots, v.pem, v.changed
+}
+
+// bundleView is the trust bundle in force, encoded once per change and shared by
+// every stream: read-only.
+type bundleView struct {
+	changed <-chan struct{}
+	roots   []*x509.Certificate
+	pem     []byte
+}
+
+// currentBundle returns the bundle in force, encoding it only when it changed.
+func (s *Server) currentBundle() *bundleView {
+	b, ch := s.issuer.WatchBundle()
+	s.bundleMu.Lock()
+	defer s.bundleMu.Unlock()
+	if s.bundle != nil && s.bundle.changed == ch {
+		return s.bundle
+	}
+	roots := b.X509Authorities()
+	s.bundle = &bundleView{changed: ch, roots: roots, pem: pemCerts(roots)}
+	return s.bundle
 }
 
 func (sess *session) refreshCert() {

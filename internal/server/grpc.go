@@ -81,7 +81,8 @@ func newMainGRPC(addr string, serving *servingCert, m *metrics, log *slog.Logger
 		// Workloads authenticate with tokens now; mTLS clients come with the agent.
 		ClientAuth: tls.NoClientCert,
 	})
-	srv := grpc.NewServer(grpc.Creds(creds), grpc.ChainUnaryInterceptor(m.unaryInterceptor))
+	srv := grpc.NewServer(append(xds.ServerOptions(), grpc.Creds(creds),
+		grpc.ChainUnaryInterceptor(m.unaryInterceptor))...)
 	meshcav1.RegisterCertificateServiceServer(srv, certs)
 	secretservice.RegisterSecretDiscoveryServiceServer(srv, discovery)
 	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(srv, discovery)
