@@ -69,7 +69,10 @@ func (a *Admin) ActivateAuthority(ctx context.Context, req *meshcav1.ActivateAut
 		window = DefaultReissueWindow
 	}
 	var detail string
-	if target, ok := a.findPrepared(req.GetId()); ok {
+	id := req.GetId()
+	if target, ok := a.findPrepared(id); ok {
+		// Activate exactly the authority checked, even if another was prepared since.
+		id = target.ID
 		detail = ActivationCheck(a.acks, target)
 		if detail != "" && !req.GetForce() {
 			err := fmt.Errorf("%s; wait for them (meshctl ca rotate status), or use --force, "+
@@ -78,7 +81,7 @@ func (a *Admin) ActivateAuthority(ctx context.Context, req *meshcav1.ActivateAut
 		}
 	}
 	st, err := a.ca.Activate(ctx, ca.ActivateParams{
-		ID: req.GetId(), Forced: detail != "", Detail: detail,
+		ID: id, Forced: detail != "", Detail: detail,
 	})
 	if err != nil {
 		return nil, ToStatus(ctx, a.log, "activate authority", err)

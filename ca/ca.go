@@ -68,6 +68,10 @@ type CA struct {
 	log *slog.Logger
 	now func() time.Time
 
+	// rotMu serializes rotation steps: each checks its preconditions, commits and
+	// reloads memory before the next begins, so memory never goes back to an older
+	// state than the store, and two steps never both pass a check one alone may.
+	rotMu sync.Mutex
 	// mu guards active, all and bundleChanged. Writers replace the slices and
 	// pointers whole; readers copy what they need under RLock and never mutate it.
 	mu     sync.RWMutex

@@ -40,6 +40,8 @@ type PrepareParams struct {
 // trusted, its roots in every bundle, not signing. Watchers of the bundle are told
 // at once. Only one authority may be prepared at a time (ErrPrecondition).
 func (c *CA) PrepareAuthority(ctx context.Context, p PrepareParams) (AuthorityStatus, error) {
+	c.rotMu.Lock()
+	defer c.rotMu.Unlock()
 	rs, err := c.rotationStore()
 	if err != nil {
 		return AuthorityStatus{}, err
@@ -166,6 +168,8 @@ type ActivateParams struct {
 // until now is retired in the same transaction: still trusted, no longer signing.
 // The caller checks beforehand that every client has the new bundle.
 func (c *CA) Activate(ctx context.Context, p ActivateParams) (AuthorityStatus, error) {
+	c.rotMu.Lock()
+	defer c.rotMu.Unlock()
 	rs, err := c.rotationStore()
 	if err != nil {
 		return AuthorityStatus{}, err
@@ -207,6 +211,8 @@ func (c *CA) Activate(ctx context.Context, p ActivateParams) (AuthorityStatus, e
 // trusted, and can then be removed. An empty id means the only prepared one. The
 // authority that signed before an activation needs no retire: activating retires it.
 func (c *CA) Retire(ctx context.Context, id string) (AuthorityStatus, error) {
+	c.rotMu.Lock()
+	defer c.rotMu.Unlock()
 	rs, err := c.rotationStore()
 	if err != nil {
 		return AuthorityStatus{}, err
@@ -314,6 +320,8 @@ func (c *CA) dependents(target *authority) ([]*x509.Certificate, []string) {
 // ErrPrecondition while certificates that need those roots are still valid, naming
 // when that ends, unless p.Force.
 func (c *CA) Remove(ctx context.Context, p RemoveParams) (AuthorityStatus, error) {
+	c.rotMu.Lock()
+	defer c.rotMu.Unlock()
 	rs, err := c.rotationStore()
 	if err != nil {
 		return AuthorityStatus{}, err

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -356,4 +357,33 @@ func TestImportedIntermediateCapsLeaf(t *testing.T) {
 		BundlePEM: testutil.PEMCerts(root),
 	}})
 	require.True(t, errors.Is(err, store.ErrExists), "error: %v", err)
+}
+
+// Concurrent prepares (an operator and automatic rotation) leave exactly one prepared
+// authority, and memory agrees with the store.
+func TestConcurrentPreparesLeaveOne(t *testing.T) {
+	c, st := newCA(t, ca.Config{})
+	var wg sync.WaitGroup
+	var ok atomic.Int32
+	for range 8 {
+		wg.Go(func() {
+			if _, err := c.PrepareAuthority(t.Context(), ca.PrepareParams{}); err == nil {
+				ok.Add(1)
+			} else {
+				require.ErrorIs(t, err, ca.ErrPrecondition)
+			}
+		})
+	}
+	wg.Wait()
+	require.Equal(t, int32(1), ok.Load())
+	stored, err := st.Authorities(t.Context())
+	require.NoError(t, err)
+	prepared := 0
+	for _, a := range stored {
+		if a.State == store.StatePrepared {
+			prepared++
+		}
+	}
+	require.Equal(t, 1, prepared)
+	require.Len(t, c.Authorities(), len(stored))
 }

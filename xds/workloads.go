@@ -265,9 +265,9 @@ func (m *certManager) renewLoop(ctx context.Context, e *certEntry) {
 		}
 		e.mu.Lock()
 		e.cur = wc
-		if wc.authority == e.reissueTo {
-			e.reissueAt, e.reissueTo = time.Time{}, ""
-		}
+		// Whatever signed it, the new certificate is from the authority signing now: a
+		// pending re-issue is done, even when another activation came in between.
+		e.reissueAt, e.reissueTo = time.Time{}, ""
 		close(e.changed)
 		e.changed = make(chan struct{})
 		e.mu.Unlock()

@@ -99,3 +99,50 @@ func TestReissueMovesEveryCertificateWithinTheWindow(t *testing.T) {
 	}
 	require.Zero(t, m.reissue(newID, window), "nothing is left to move")
 }
+
+// A re-issue towards B that another activation (C) overtakes ends with one renewal
+// under C, not a renewal loop: the pending re-issue is cleared by any renewal.
+func TestReissueOvertakenByAnotherActivation(t *testing.T) {
+	ctx := context.Background()
+	c := newTestCA(t)
+	m := newCertManager(c, time.Hour, slog.New(slog.DiscardHandler))
+	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/a/sa/w")
+	e, err := m.acquire(ctx, ca.Identity{ID: id, PodUID: "1"})
+	require.NoError(t, err)
+	t.Cleanup(func() { m.release(e) })
+
+	activate := func() string {
+		_, err := c.PrepareAuthority(ctx, ca.PrepareParams{})
+		require.NoError(t, err)
+		_, err = c.Activate(ctx, ca.ActivateParams{})
+		require.NoError(t, err)
+		return c.ActiveID()
+	}
+	b := activate()
+	e.mu.Lock()
+	// As reissue does, but due only after the next activation.
+	e.reissueAt, e.reissueTo = time.Now().Add(300*time.Millisecond), b
+	e.mu.Unlock()
+	cNew := activate()
+	select {
+	case e.poke <- struct{}{}:
+	default:
+	}
+
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		cur, _ := e.current()
+		if cur.authority == cNew {
+			break
+		}
+		require.False(t, time.Now().After(deadline), "not re-issued")
+		time.Sleep(20 * time.Millisecond)
+	}
+	first, _ := e.current()
+	time.Sleep(time.Second)
+	now, _ := e.current()
+	require.Equal(t, first.serial, now.serial, "renewed again after the re-issue")
+	e.mu.Lock()
+	require.True(t, e.reissueAt.IsZero())
+	e.mu.Unlock()
+}

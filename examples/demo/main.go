@@ -280,8 +280,9 @@ func (d *demo) start(program, sa, log string, args ...string) (*exec.Cmd, error)
 	if err != nil {
 		return nil, err
 	}
+	// A short file refresh: the demo's certificates live 20 s.
 	args = append([]string{"--meshca", d.grpc, "--token-file", filepath.Join(wd, "token"),
-		"--dir", wd, "--node-id", sa}, args...)
+		"--dir", wd, "--node-id", sa, "--refresh", "1s"}, args...)
 	cmd := exec.Command(filepath.Join(d.bin, program), args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
@@ -299,6 +300,7 @@ func (d *demo) expect(sa, method, want string) error {
 	for {
 		out, err := exec.Command(filepath.Join(d.bin, "orders"), "--meshca", d.grpc,
 			"--token-file", filepath.Join(wd, "token"), "--dir", wd, "--node-id", sa+"-call",
+			"--refresh", "1s",
 			"--name", sa, "--method", method).Output()
 		got := strings.TrimSpace(string(out))
 		if err == nil && strings.HasSuffix(got, ": "+want) {

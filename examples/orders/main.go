@@ -44,13 +44,16 @@ func run() (int, error) {
 	flag.StringVar(&w.ServerURI, "meshca", "127.0.0.1:15012", "meshca's gRPC address")
 	flag.StringVar(&w.TokenFile, "token-file", "", "projected service-account token")
 	flag.StringVar(&w.NodeID, "node-id", "orders", "name in meshca's logs")
+	flag.DurationVar(&w.Refresh, "refresh", proxyless.DefaultRefresh,
+		"how often grpc-go re-reads the certificate files")
 	flag.StringVar(&dir, "dir", "", "directory for the SVID, its key and the bundle; "+
 		"bundle.pem must hold meshca's roots at start")
 	flag.StringVar(&target, "target", "payments.payments",
 		"service to call: <service account>.<namespace>")
 	flag.StringVar(&method, "method", "Charge", "method of payments.Payments to call")
 	flag.StringVar(&name, "name", "orders", "who is calling, for the output")
-	flag.BoolVar(&loop, "loop", false, "call until interrupted, then print a summary")
+	flag.BoolVar(&loop, "loop", false, "call until interrupted (every 20th call on a new "+
+		"channel), then print a summary")
 	flag.DurationVar(&interval, "interval", 100*time.Millisecond, "time between calls")
 	flag.Parse()
 	if w.TokenFile == "" || dir == "" {
@@ -99,22 +102,39 @@ func run() (int, error) {
 	}
 	defer conn.Close()
 
+	dial := func() (*grpc.ClientConn, error) {
+		return grpc.NewClient("xds:///"+target, grpc.WithTransportCredentials(creds),
+			grpc.WithResolvers(resolver))
+	}
 	full := "/payments.Payments/" + method
-	call := func() codes.Code {
+	invoke := func(conn *grpc.ClientConn) codes.Code {
 		callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		err := conn.Invoke(callCtx, full, &emptypb.Empty{}, &emptypb.Empty{},
 			grpc.WaitForReady(true))
 		return status.Code(err)
 	}
+	call := func() codes.Code { return invoke(conn) }
 	if !loop {
 		code := call()
 		fmt.Printf("%s -> %s: %s\n", name, method, code)
 		return 0, nil
 	}
+	// Every 20th call goes over a new channel: new connections, new handshakes, with
+	// whatever certificates and roots are current.
 	var calls, failed int
 	for ctx.Err() == nil {
-		code := call()
+		var code codes.Code
+		if calls%20 == 19 {
+			fresh, err := dial()
+			if err != nil {
+				return 0, err
+			}
+			code = invoke(fresh)
+			_ = fresh.Close()
+		} else {
+			code = call()
+		}
 		if ctx.Err() != nil {
 			break
 		}

@@ -37,6 +37,8 @@ func run() error {
 	flag.StringVar(&w.ServerURI, "meshca", "127.0.0.1:15012", "meshca's gRPC address")
 	flag.StringVar(&w.TokenFile, "token-file", "", "projected service-account token")
 	flag.StringVar(&w.NodeID, "node-id", "payments", "name in meshca's logs")
+	flag.DurationVar(&w.Refresh, "refresh", proxyless.DefaultRefresh,
+		"how often grpc-go re-reads the certificate files")
 	flag.StringVar(&dir, "dir", "", "directory for the SVID, its key and the bundle; "+
 		"bundle.pem must hold meshca's roots at start")
 	flag.StringVar(&listen, "listen", "127.0.0.1:0", "address to serve on")

@@ -29,7 +29,9 @@ type Workload struct {
 	// CertFile, KeyFile and BundleFile are where the workload's SVID, its key and
 	// the trust bundle are kept up to date; grpc-go's file_watcher reads them.
 	CertFile, KeyFile, BundleFile string
-	// Refresh is how often grpc-go re-reads the files (default 10 minutes).
+	// Refresh is how often grpc-go re-reads the files (default DefaultRefresh).
+	// KeepFiles acknowledges a new bundle only after that long, so that meshca
+	// activates a new root only once grpc-go trusts it.
 	Refresh time.Duration
 }
 
@@ -47,10 +49,7 @@ func Bootstrap(w Workload) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	refresh := w.Refresh
-	if refresh <= 0 {
-		refresh = 10 * time.Minute
-	}
+	refresh := w.refresh()
 	type obj = map[string]any
 	node := obj{"id": w.NodeID}
 	if len(w.Metadata) > 0 {
@@ -97,4 +96,16 @@ func credentialsOf(w Workload) (CredentialsConfig, error) {
 		name = host
 	}
 	return CredentialsConfig{CAFile: w.CAFile, TokenFile: w.TokenFile, ServerName: name}, nil
+}
+
+// DefaultRefresh is how often grpc-go re-reads the certificate files by default. It
+// bounds how long a new bundle waits before it is acknowledged (KeepFiles), and so how
+// soon a prepared root can be activated.
+const DefaultRefresh = time.Minute
+
+func (w Workload) refresh() time.Duration {
+	if w.Refresh <= 0 {
+		return DefaultRefresh
+	}
+	return w.Refresh
 }

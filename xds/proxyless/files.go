@@ -1,6 +1,7 @@
 package proxyless
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -40,9 +41,11 @@ func KeepFiles(ctx context.Context, w Workload, log *slog.Logger, ready func()) 
 		return err
 	}
 	defer conn.Close()
+	// The bundle grpc-go reads now, so that only a change delays an ACK.
+	bundle, _ := os.ReadFile(w.BundleFile)
 	backoff := 100 * time.Millisecond
 	for {
-		err := keepOnce(ctx, conn, w, func() {
+		err := keepOnce(ctx, conn, w, &bundle, func() {
 			backoff = 100 * time.Millisecond
 			if ready != nil {
 				ready()
@@ -77,7 +80,11 @@ func dialMeshca(w Workload) (*grpc.ClientConn, error) {
 
 // keepOnce runs one SDS stream until it fails, writing the files on every response
 // that carries both secrets.
-func keepOnce(ctx context.Context, conn *grpc.ClientConn, w Workload, wrote func()) error {
+// A response with a new bundle is acknowledged only after grpc-go's file_watcher has
+// had time to read it (its refresh interval and a second): meshca activates a new root
+// once every stream acknowledged it, and this workload must trust it by then.
+func keepOnce(ctx context.Context, conn *grpc.ClientConn, w Workload, bundle *[]byte,
+	wrote func()) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := secretservice.NewSecretDiscoveryServiceClient(conn).StreamSecrets(ctx)
@@ -98,13 +105,22 @@ func keepOnce(ctx context.Context, conn *grpc.ClientConn, w Workload, wrote func
 		}
 		ack := &discovery.DiscoveryRequest{TypeUrl: resource.SecretType,
 			ResourceNames: names, ResponseNonce: resp.GetNonce()}
-		if err := writeSecrets(resp, w); err != nil {
+		written, err := writeSecrets(resp, w)
+		if err != nil {
 			// A response meshca should never send: say so, and keep the old files.
 			ack.ErrorDetail = &rpcstatus.Status{Code: int32(codes.InvalidArgument),
 				Message: err.Error()}
 		} else {
 			ack.VersionInfo = resp.GetVersionInfo()
 			wrote()
+			if !bytes.Equal(written, *bundle) {
+				*bundle = written
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(w.refresh() + time.Second):
+				}
+			}
 		}
 		if err := stream.Send(ack); err != nil {
 			return err
@@ -112,13 +128,14 @@ func keepOnce(ctx context.Context, conn *grpc.ClientConn, w Workload, wrote func
 	}
 }
 
-// writeSecrets writes the files from a response holding "default" and "ROOTCA".
-func writeSecrets(resp *discovery.DiscoveryResponse, w Workload) error {
+// writeSecrets writes the files from a response holding "default" and "ROOTCA", and
+// returns the bundle written.
+func writeSecrets(resp *discovery.DiscoveryResponse, w Workload) ([]byte, error) {
 	var chain, key, bundle []byte
 	for _, a := range resp.GetResources() {
 		var s tlsv3.Secret
 		if err := a.UnmarshalTo(&s); err != nil {
-			return fmt.Errorf("undecodable secret: %w", err)
+			return nil, fmt.Errorf("undecodable secret: %w", err)
 		}
 		switch s.GetName() {
 		case xds.SecretDefault:
@@ -129,16 +146,19 @@ func writeSecrets(resp *discovery.DiscoveryResponse, w Workload) error {
 		}
 	}
 	if len(chain) == 0 || len(key) == 0 || len(bundle) == 0 {
-		return errors.New("response lacks the certificate, its key or the bundle")
+		return nil, errors.New("response lacks the certificate, its key or the bundle")
 	}
 	// The bundle first: a peer's new certificate must never arrive before its root.
+	// TODO: the key and the certificate are renamed one after the other, so a reader
+	// can see a new key with the old certificate for a moment; grpc-go's file_watcher
+	// skips such a pair and keeps the old one until its next refresh.
 	if err := writeAtomic(w.BundleFile, bundle, 0o644); err != nil {
-		return err
+		return nil, err
 	}
 	if err := writeAtomic(w.KeyFile, key, 0o600); err != nil {
-		return err
+		return nil, err
 	}
-	return writeAtomic(w.CertFile, chain, 0o644)
+	return bundle, writeAtomic(w.CertFile, chain, 0o644)
 }
 
 // writeAtomic replaces path with data: readers see the old file or the new one.
