@@ -19,7 +19,6 @@ import (
 	authzv1 "k8s.io/api/authorization/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 )
 
 var (
@@ -66,10 +65,17 @@ type ReviewMetrics interface {
 	CacheHit()
 }
 
+// TokenReviews creates TokenReviews: meshca's internal/kube client and client-go's
+// AuthenticationV1().TokenReviews() satisfy it.
+type TokenReviews interface {
+	Create(ctx context.Context, review *authnv1.TokenReview,
+		opts metav1.CreateOptions) (*authnv1.TokenReview, error)
+}
+
 // TokenReviewConfig configures a TokenReviewer.
 type TokenReviewConfig struct {
-	// Client reaches the Kubernetes API. Required.
-	Client kubernetes.Interface
+	// Reviews creates TokenReviews in the Kubernetes API. Required.
+	Reviews TokenReviews
 	// TrustDomain of the SPIFFE IDs built from reviews. Required.
 	TrustDomain spiffeid.TrustDomain
 	// Audience that tokens must be issued for; "meshca" when empty.
@@ -203,7 +209,7 @@ func (r *TokenReviewer) store(key [sha256.Size]byte, id Identity) {
 }
 
 func (r *TokenReviewer) review(ctx context.Context, token string) (Identity, error) {
-	tr, err := r.cfg.Client.AuthenticationV1().TokenReviews().Create(ctx,
+	tr, err := r.cfg.Reviews.Create(ctx,
 		&authnv1.TokenReview{Spec: authnv1.TokenReviewSpec{
 			Token: token, Audiences: []string{r.cfg.Audience},
 		}}, metav1.CreateOptions{})
@@ -300,10 +306,17 @@ func tokenExpiry(token string) (time.Time, bool) {
 	return time.Unix(*claims.Exp, 0), true
 }
 
+// AccessReviews creates SelfSubjectAccessReviews: meshca's internal/kube client and
+// client-go's AuthorizationV1().SelfSubjectAccessReviews() satisfy it.
+type AccessReviews interface {
+	Create(ctx context.Context, review *authzv1.SelfSubjectAccessReview,
+		opts metav1.CreateOptions) (*authzv1.SelfSubjectAccessReview, error)
+}
+
 // CheckAccess asks the Kubernetes API whether meshca itself may create
 // TokenReviews. It returns nil when allowed, and an error that says what to fix.
-func CheckAccess(ctx context.Context, client kubernetes.Interface) error {
-	ssar, err := client.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx,
+func CheckAccess(ctx context.Context, reviews AccessReviews) error {
+	ssar, err := reviews.Create(ctx,
 		&authzv1.SelfSubjectAccessReview{Spec: authzv1.SelfSubjectAccessReviewSpec{
 			ResourceAttributes: &authzv1.ResourceAttributes{
 				Group: "authentication.k8s.io", Resource: "tokenreviews", Verb: "create",

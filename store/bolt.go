@@ -243,22 +243,32 @@ func (b *Bolt) RecordIssuance(ctx context.Context, rec Issuance) error {
 	}
 }
 
+// Group commit: under load, the commit loop gathers records for a moment before it
+// commits. A commit costs about the same for one record as for hundreds (two
+// fdatasync calls, during which the goroutine keeps its processor idle); without the
+// pause, commits run back to back with the few records signed during the previous
+// one. With it, issuance from 64 callers went from about 0.5 to about 0.67 of the
+// bare CreateCertificate rate (docs/performance.md).
+const (
+	// gatherMax bounds the pause: the extra latency of an issuance under load.
+	gatherMax = 2 * time.Millisecond
+	// gatherGap ends the pause early once no record has arrived for this long: the
+	// callers in flight have all been heard from.
+	gatherGap = 250 * time.Microsecond
+)
+
 func (b *Bolt) commitLoop() {
 	defer close(b.done)
 	batch := make([]pendingIssuance, 0, maxGroupCommit)
+	gather := time.NewTimer(time.Hour)
+	gather.Stop()
+	loaded := false // the previous commit had more than one record
 	for first := range b.writes {
 		batch = append(batch[:0], first)
-	drain:
-		for len(batch) < maxGroupCommit {
-			select {
-			case p, ok := <-b.writes:
-				if !ok {
-					break drain
-				}
-				batch = append(batch, p)
-			default:
-				break drain
-			}
+		open := b.drain(&batch)
+		// A lone caller never waits: the pause starts only under concurrent load.
+		if loaded && open {
+			open = b.gather(&batch, gather)
 		}
 		err := b.db.Update(func(tx *bolt.Tx) error {
 			return appendIssuances(tx.Bucket(bucketIssuances), batch)
@@ -266,7 +276,52 @@ func (b *Bolt) commitLoop() {
 		for _, p := range batch {
 			p.result <- err
 		}
+		loaded = len(batch) > 1
+		if !open {
+			return
+		}
 	}
+}
+
+// drain adds the records already queued to batch, up to maxGroupCommit. It returns
+// false when the queue is closed.
+func (b *Bolt) drain(batch *[]pendingIssuance) bool {
+	for len(*batch) < maxGroupCommit {
+		select {
+		case p, ok := <-b.writes:
+			if !ok {
+				return false
+			}
+			*batch = append(*batch, p)
+		default:
+			return true
+		}
+	}
+	return true
+}
+
+// gather adds records to batch until gatherGap passes without one, gatherMax has
+// passed in all, or the batch is full. It returns false when the queue is closed.
+func (b *Bolt) gather(batch *[]pendingIssuance, timer *time.Timer) bool {
+	deadline := time.Now().Add(gatherMax)
+	for len(*batch) < maxGroupCommit {
+		wait := min(gatherGap, time.Until(deadline))
+		if wait <= 0 {
+			return true
+		}
+		timer.Reset(wait)
+		select {
+		case p, ok := <-b.writes:
+			timer.Stop()
+			if !ok {
+				return false
+			}
+			*batch = append(*batch, p)
+		case <-timer.C:
+			return true
+		}
+	}
+	return true
 }
 
 func appendIssuances(bkt *bolt.Bucket, batch []pendingIssuance) error {

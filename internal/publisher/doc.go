@@ -11,6 +11,10 @@
 // get, list, watch and update on configmaps named meshca-root-cert (see
 // deploy/kustomize/base/clusterrole.yaml).
 //
+//	client, err := kube.NewForConfig(restConfig)
+//	if err != nil {
+//		return err
+//	}
 //	p, err := publisher.New(publisher.Config{Client: client, Bundle: authority})
 //	if err != nil {
 //		return err

@@ -15,13 +15,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
+
+	"github.com/meshca/meshca/internal/kube"
 )
 
 // What the publisher writes.
@@ -54,7 +53,7 @@ type BundleSource interface {
 // Config configures a Publisher.
 type Config struct {
 	// Client reaches the Kubernetes API. Required.
-	Client kubernetes.Interface
+	Client *kube.Client
 	// Bundle is the source of the roots to publish. Required.
 	Bundle BundleSource
 	// Logger receives one line per bundle change and per repaired ConfigMap, never
@@ -114,35 +113,33 @@ func (p *Publisher) Run(ctx context.Context) error {
 	defer p.queue.ShutDown()
 	bundleChanged := p.loadBundle()
 
-	nsFactory := informers.NewSharedInformerFactoryWithOptions(p.cfg.Client, p.cfg.Resync)
-	cmFactory := informers.NewSharedInformerFactoryWithOptions(p.cfg.Client, p.cfg.Resync,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", ConfigMapName).String()
-		}))
-	nsInformer := nsFactory.Core().V1().Namespaces()
-	cmInformer := cmFactory.Core().V1().ConfigMaps()
-	if _, err := nsInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+	nsInformer := cache.NewSharedIndexInformer(p.cfg.Client.Namespaces(), &corev1.Namespace{},
+		p.cfg.Resync, cache.Indexers{})
+	cmInformer := cache.NewSharedIndexInformer(p.cfg.Client.ConfigMapsNamed(ConfigMapName),
+		&corev1.ConfigMap{}, p.cfg.Resync,
+		cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+	if _, err := nsInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    p.enqueueNamespace,
 		UpdateFunc: func(_, obj any) { p.enqueueNamespace(obj) },
 	}); err != nil {
 		return fmt.Errorf("failed to watch namespaces: %w", err)
 	}
-	if _, err := cmInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+	if _, err := cmInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    p.enqueueConfigMap,
 		UpdateFunc: func(_, obj any) { p.enqueueConfigMap(obj) },
 		DeleteFunc: p.enqueueConfigMap,
 	}); err != nil {
 		return fmt.Errorf("failed to watch ConfigMaps: %w", err)
 	}
-	p.namespaces, p.configMaps = nsInformer.Lister(), cmInformer.Lister()
+	p.namespaces = corelisters.NewNamespaceLister(nsInformer.GetIndexer())
+	p.configMaps = corelisters.NewConfigMapLister(cmInformer.GetIndexer())
 
-	nsFactory.Start(ctx.Done())
-	cmFactory.Start(ctx.Done())
-	// Shutdown waits for the informers, which stop when ctx ends.
-	defer cmFactory.Shutdown()
-	defer nsFactory.Shutdown()
-	if !cache.WaitForCacheSync(ctx.Done(), nsInformer.Informer().HasSynced,
-		cmInformer.Informer().HasSynced) {
+	// The informers stop when ctx ends; Run returns only after they have.
+	var informers sync.WaitGroup
+	defer informers.Wait()
+	informers.Go(func() { nsInformer.RunWithContext(ctx) })
+	informers.Go(func() { cmInformer.RunWithContext(ctx) })
+	if !cache.WaitForCacheSync(ctx.Done(), nsInformer.HasSynced, cmInformer.HasSynced) {
 		return ctx.Err()
 	}
 	p.log.Info("Publishing the trust bundle in every namespace", "configmap", ConfigMapName)
@@ -288,7 +285,7 @@ func (p *Publisher) sync(ctx context.Context, name string) error {
 		updated.Labels = make(map[string]string, 1)
 	}
 	updated.Labels[ManagedByLabel] = ManagedBy
-	_, err = p.cfg.Client.CoreV1().ConfigMaps(name).Update(ctx, updated,
+	_, err = p.cfg.Client.ConfigMaps(name).Update(ctx, updated,
 		metav1.UpdateOptions{FieldManager: fieldManager})
 	if err != nil {
 		return fmt.Errorf("failed to update ConfigMap: %w", err)
@@ -310,7 +307,7 @@ func (p *Publisher) create(ctx context.Context, namespace string, want []byte) e
 		},
 		Data: map[string]string{Key: string(want)},
 	}
-	_, err := p.cfg.Client.CoreV1().ConfigMaps(namespace).Create(ctx, cm,
+	_, err := p.cfg.Client.ConfigMaps(namespace).Create(ctx, cm,
 		metav1.CreateOptions{FieldManager: fieldManager})
 	if err != nil {
 		return fmt.Errorf("failed to create ConfigMap: %w", err)

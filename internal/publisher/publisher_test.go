@@ -18,9 +18,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/kube"
 	"github.com/meshca/meshca/internal/kubetest"
 	"github.com/meshca/meshca/internal/publisher"
 	"github.com/meshca/meshca/internal/testutil"
@@ -41,7 +43,8 @@ const meshcaUser = "system:serviceaccount:meshca:meshca"
 func TestPublisher(t *testing.T) {
 	c := kubetest.Start(t)
 	authority := newCA(t)
-	client := meshcaClient(t, c)
+	client, err := kube.NewForConfig(meshcaConfig(t, c))
+	require.NoError(t, err)
 
 	before := c.NewNamespace(t)
 	p, err := publisher.New(publisher.Config{Client: client, Bundle: authority,
@@ -125,11 +128,12 @@ func TestPublisher(t *testing.T) {
 // narrow to a name.
 func TestMeshcaRightsAreNarrow(t *testing.T) {
 	c := kubetest.Start(t)
-	client := meshcaClient(t, c)
+	client, err := kubernetes.NewForConfig(meshcaConfig(t, c))
+	require.NoError(t, err)
 	ns := c.NewNamespace(t)
 	other := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "app-config"},
 		Data: map[string]string{"k": "v"}}
-	_, err := c.Client.CoreV1().ConfigMaps(ns).Create(t.Context(), other, metav1.CreateOptions{})
+	_, err = c.Client.CoreV1().ConfigMaps(ns).Create(t.Context(), other, metav1.CreateOptions{})
 	require.NoError(t, err)
 
 	cms := client.CoreV1().ConfigMaps(ns)
@@ -148,7 +152,7 @@ func TestMeshcaRightsAreNarrow(t *testing.T) {
 func TestNewRequiresClientAndBundle(t *testing.T) {
 	_, err := publisher.New(publisher.Config{Bundle: newCA(t)})
 	require.ErrorContains(t, err, "Kubernetes client is required")
-	_, err = publisher.New(publisher.Config{Client: kubernetes.New(nil)})
+	_, err = publisher.New(publisher.Config{Client: &kube.Client{}})
 	require.ErrorContains(t, err, "bundle source is required")
 }
 
@@ -224,10 +228,10 @@ func countCerts(t *testing.T, data string) int {
 	}
 }
 
-// meshcaClient creates, for real, the ClusterRole of deploy/kustomize and binds it to
-// meshcaUser, and returns a client that impersonates that user: the publisher gets
-// exactly the rights an installed meshca has.
-func meshcaClient(t *testing.T, c *kubetest.Cluster) kubernetes.Interface {
+// meshcaConfig creates, for real, the ClusterRole of deploy/kustomize and binds it to
+// meshcaUser, and returns a client configuration that impersonates that user: the
+// publisher gets exactly the rights an installed meshca has.
+func meshcaConfig(t *testing.T, c *kubetest.Cluster) *rest.Config {
 	t.Helper()
 	data, err := os.ReadFile("../../deploy/kustomize/base/clusterrole.yaml")
 	require.NoError(t, err)
@@ -257,7 +261,5 @@ func meshcaClient(t *testing.T, c *kubetest.Cluster) kubernetes.Interface {
 	cfg.Impersonate.UserName = meshcaUser
 	cfg.Impersonate.Groups = []string{"system:serviceaccounts", "system:serviceaccounts:meshca",
 		"system:authenticated"}
-	client, err := kubernetes.NewForConfig(cfg)
-	require.NoError(t, err)
-	return client
+	return cfg
 }

@@ -9,7 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -68,16 +67,16 @@ func (k KubeConfig) limits(cfg *rest.Config) *rest.Config {
 // accessCheck keeps asking the Kubernetes API whether meshca may create
 // TokenReviews, and reports the answer to readiness.
 type accessCheck struct {
-	client kubernetes.Interface
-	log    *slog.Logger
+	reviews ca.AccessReviews
+	log     *slog.Logger
 
 	// mu guards err.
 	mu  sync.Mutex
 	err error
 }
 
-func newAccessCheck(client kubernetes.Interface, log *slog.Logger) *accessCheck {
-	return &accessCheck{client: client, log: log, err: errors.New("not checked yet")}
+func newAccessCheck(reviews ca.AccessReviews, log *slog.Logger) *accessCheck {
+	return &accessCheck{reviews: reviews, log: log, err: errors.New("not checked yet")}
 }
 
 // ready returns nil when token authentication works, else why it does not.
@@ -91,7 +90,7 @@ func (a *accessCheck) ready() error {
 func (a *accessCheck) Run(ctx context.Context) error {
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := ca.CheckAccess(cctx, a.client)
+		err := ca.CheckAccess(cctx, a.reviews)
 		cancel()
 		if ctx.Err() != nil {
 			return ctx.Err()

@@ -3,8 +3,7 @@ package server
 import (
 	"fmt"
 
-	"k8s.io/client-go/kubernetes"
-
+	"github.com/meshca/meshca/internal/kube"
 	"github.com/meshca/meshca/internal/publisher"
 )
 
@@ -20,7 +19,7 @@ func (s *Server) bundlePublisher(bundle publisher.BundleSource) (runner, error) 
 	if err != nil || restCfg == nil {
 		return nil, err
 	}
-	client, err := kubernetes.NewForConfig(restCfg)
+	client, err := kube.NewForConfig(restCfg)
 	if err != nil {
 		return nil, fmt.Errorf("failed to create Kubernetes client: %w", err)
 	}

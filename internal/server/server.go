@@ -17,10 +17,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshca/meshca/api"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/kube"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/xds"
 )
@@ -238,15 +238,15 @@ func (s *Server) tokenAuth(m *metrics) (api.Authenticator, *accessCheck, error) 
 		s.log.Warn("No Kubernetes API configured; token authentication is disabled")
 		return nil, nil, nil
 	}
-	client, err := kubernetes.NewForConfig(restCfg)
+	client, err := kube.NewForConfig(restCfg)
 	if err != nil {
 		return nil, nil, fmt.Errorf("failed to create Kubernetes client: %w", err)
 	}
 	s.log.Info("Token authentication with the Kubernetes API", "source", source,
 		"audience", s.cfg.Kube.Audience)
 	reviewer := ca.NewTokenReviewer(ca.TokenReviewConfig{
-		Client: client, TrustDomain: s.cfg.TrustDomain, Audience: s.cfg.Kube.Audience,
+		Reviews: client.TokenReviews(), TrustDomain: s.cfg.TrustDomain, Audience: s.cfg.Kube.Audience,
 		CacheTTL: s.cfg.Kube.CacheTTL, Logger: s.log, Metrics: m,
 	})
-	return reviewer, newAccessCheck(client, s.log), nil
+	return reviewer, newAccessCheck(client.SelfSubjectAccessReviews(), s.log), nil
 }

@@ -15,10 +15,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshca/meshca/api/meshcav1"
 	"github.com/meshca/meshca/ca"
+	meshkube "github.com/meshca/meshca/internal/kube"
 	"github.com/meshca/meshca/internal/kubetest"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/xds"
@@ -30,10 +30,10 @@ func TestSDSAnswersWhenCABecomesReady(t *testing.T) {
 	kube := kubetest.Start(t)
 	_, token := workload(t, kube, "payments")
 
-	client, err := kubernetes.NewForConfig(kube.RESTConfig())
+	client, err := meshkube.NewForConfig(kube.RESTConfig())
 	require.NoError(t, err)
 	srv := xds.New(xds.Config{Auth: ca.NewTokenReviewer(ca.TokenReviewConfig{
-		Client: client, TrustDomain: td,
+		Reviews: client.TokenReviews(), TrustDomain: td,
 	})})
 	gs := grpc.NewServer()
 	secretservice.RegisterSecretDiscoveryServiceServer(gs, srv)
