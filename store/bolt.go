@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -341,10 +342,83 @@ func appendIssuances(bkt *bolt.Bucket, batch []pendingIssuance) error {
 	return nil
 }
 
+// pruneBatch bounds the records one pruning transaction deletes, so that the commit
+// loop's audit writes never wait long behind it.
+const pruneBatch = 5000
+
+// PruneIssuances implements Store. It reads the records in the order they were
+// appended and stops at the first one issued at or after expiredBefore: a certificate
+// issued later expires later. Records issued earlier whose certificates are still
+// valid (a long lifetime) are kept. Each transaction deletes at most pruneBatch
+// records; an error or a cancelled ctx keeps the deletions already committed.
+func (b *Bolt) PruneIssuances(ctx context.Context, expiredBefore time.Time) (int, error) {
+	pruned := 0
+	var from []byte // the key to continue from; nil starts at the oldest record
+	for {
+		// Read first, and write only when there is something to delete: an idle
+		// store's file stays byte-for-byte the same.
+		var expired [][]byte
+		var done bool
+		err := b.db.View(func(tx *bolt.Tx) error {
+			expired, from, done = expiredRecords(tx.Bucket(bucketIssuances), from,
+				expiredBefore)
+			return nil
+		})
+		if err == nil && len(expired) > 0 {
+			err = b.db.Update(func(tx *bolt.Tx) error {
+				bkt := tx.Bucket(bucketIssuances)
+				for _, k := range expired {
+					if err := bkt.Delete(k); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		}
+		if err != nil {
+			return pruned, fmt.Errorf("failed to prune audit records in %q: %w", b.path, err)
+		}
+		pruned += len(expired)
+		if done {
+			return pruned, nil
+		}
+		if err := ctx.Err(); err != nil {
+			return pruned, err
+		}
+	}
+}
+
+// expiredRecords returns the keys of up to pruneBatch records, from the key from on,
+// whose certificates expired before cutoff; the key to continue from; and whether
+// the scan reached a record issued at or after cutoff, or the end.
+func expiredRecords(bkt *bolt.Bucket, from []byte, cutoff time.Time,
+) (expired [][]byte, next []byte, done bool) {
+	c := bkt.Cursor()
+	k, v := c.First()
+	if from != nil {
+		k, v = c.Seek(from)
+	}
+	for ; k != nil; k, v = c.Next() {
+		if len(expired) == pruneBatch {
+			return expired, slices.Clone(k), false
+		}
+		var rec Issuance
+		if err := json.Unmarshal(v, &rec); err != nil {
+			continue // an unreadable record stays, for someone to look at
+		}
+		if !rec.IssuedAt.Before(cutoff) {
+			return expired, nil, true
+		}
+		if rec.NotAfter.Before(cutoff) {
+			expired = append(expired, slices.Clone(k))
+		}
+	}
+	return expired, nil, true
+}
+
 // Issuances implements Store.
 //
-// TODO: records are filtered by a full scan and never pruned; a busy mesh needs an
-// index by SPIFFE ID and removal of records whose certificates expired long ago.
+// TODO: records are filtered by a full scan; a busy mesh needs an index by SPIFFE ID.
 func (b *Bolt) Issuances(ctx context.Context, q IssuanceQuery) ([]Issuance, error) {
 	var out []Issuance
 	err := b.db.View(func(tx *bolt.Tx) error {

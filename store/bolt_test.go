@@ -228,3 +228,84 @@ func TestOpenRefusesAndLeavesFileUnchanged(t *testing.T) {
 		})
 	}
 }
+
+// TestPruneIssuances deletes exactly the records of certificates that expired before
+// the cutoff, over more records than one pruning transaction deletes, and keeps what
+// the rotation checks need: every certificate still valid, whenever it was issued.
+func TestPruneIssuances(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "meshca.db")
+	st := open(t, path)
+	ctx := context.Background()
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+	// Record i is issued at base+i s and valid for an hour; every thousandth one is
+	// valid for 1,000 hours.
+	const n = 11000
+	var wg sync.WaitGroup
+	for w := range 100 {
+		wg.Go(func() {
+			for i := w; i < n; i += 100 {
+				issued := base.Add(time.Duration(i) * time.Second)
+				ttl := time.Hour
+				if i%1000 == 0 {
+					ttl = 1000 * time.Hour
+				}
+				if err := st.RecordIssuance(ctx, store.Issuance{
+					Serial: fmt.Sprintf("%x", i), IssuedAt: issued, NotBefore: issued,
+					NotAfter: issued.Add(ttl),
+				}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+
+	// Certificates 0 to 7,999 expired before the cutoff, except the 8 long-lived ones.
+	cutoff := base.Add(8000*time.Second + time.Hour)
+	pruned, err := st.PruneIssuances(ctx, cutoff)
+	require.NoError(t, err)
+	require.Equal(t, 8000-8, pruned)
+
+	pruned, err = st.PruneIssuances(ctx, cutoff)
+	require.NoError(t, err)
+	require.Zero(t, pruned, "pruning again finds nothing")
+
+	require.NoError(t, st.Close())
+	st = open(t, path)
+	defer st.Close()
+	left, err := st.Issuances(ctx, store.IssuanceQuery{})
+	require.NoError(t, err)
+	require.Len(t, left, n-8000+8)
+	for _, rec := range left {
+		require.False(t, rec.NotAfter.Before(cutoff), "record %s expired at %s", rec.Serial,
+			rec.NotAfter)
+	}
+}
+
+// TestPruneIssuancesStopsAtNewRecords reads no further than the first record issued
+// after the cutoff: the log is in issuance order, so the rest expires later.
+func TestPruneIssuancesStopsAtNewRecords(t *testing.T) {
+	st := open(t, filepath.Join(t.TempDir(), "meshca.db"))
+	defer st.Close()
+	ctx := context.Background()
+	cutoff := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, rec := range []store.Issuance{
+		{Serial: "old", IssuedAt: cutoff.Add(-2 * time.Hour), NotAfter: cutoff.Add(-time.Hour)},
+		{Serial: "new", IssuedAt: cutoff, NotAfter: cutoff.Add(time.Hour)},
+		// Out of order on purpose: a scan that went on would delete it.
+		{Serial: "unread", IssuedAt: cutoff.Add(-2 * time.Hour),
+			NotAfter: cutoff.Add(-time.Hour)},
+	} {
+		require.NoError(t, st.RecordIssuance(ctx, rec))
+	}
+	pruned, err := st.PruneIssuances(ctx, cutoff)
+	require.NoError(t, err)
+	require.Equal(t, 1, pruned)
+	left, err := st.Issuances(ctx, store.IssuanceQuery{})
+	require.NoError(t, err)
+	require.Len(t, left, 2)
+	require.Equal(t, "unread", left[0].Serial)
+	require.Equal(t, "new", left[1].Serial)
+}

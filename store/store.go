@@ -99,6 +99,9 @@ type Store interface {
 	RecordIssuance(ctx context.Context, rec Issuance) error
 	// Issuances returns audit records, newest first.
 	Issuances(ctx context.Context, q IssuanceQuery) ([]Issuance, error)
+	// PruneIssuances deletes the audit records of certificates that expired before
+	// a time, and returns how many it deleted.
+	PruneIssuances(ctx context.Context, expiredBefore time.Time) (int, error)
 	// ChangeAuthorities applies one rotation step in one transaction; see
 	// AuthorityChangeSet.
 	ChangeAuthorities(ctx context.Context, cs AuthorityChangeSet) error

@@ -55,6 +55,7 @@ type serverFlags struct {
 	publishBundle  bool
 	expiryWarning  time.Duration
 	autoRotate     bool
+	auditRetention time.Duration
 }
 
 func newServerCommand() *cobra.Command {
@@ -122,6 +123,9 @@ func newServerCommand() *cobra.Command {
 	fs.BoolVar(&f.autoRotate, "auto-rotate", false,
 		"rotate the root by itself: prepare a new one at half of the active authority's "+
 			"lifetime, activate it when a sixth remains once every stream has its bundle")
+	fs.DurationVar(&f.auditRetention, "audit-retention", server.DefaultAuditRetention,
+		"how long to keep the audit records of certificates after they expire "+
+			"(0: forever; pruned at start and hourly)")
 	fs.BoolVar(&f.publishBundle, "publish-bundle", true,
 		"keep the ConfigMap meshca-root-cert (the roots in PEM) in every namespace "+
 			"when a Kubernetes API is configured")
@@ -163,6 +167,10 @@ func (f *serverFlags) config() (server.Config, error) {
 		errs = append(errs, errors.New("--token-cache-ttl must not be negative, "+
 			"--kube-qps and --kube-burst must be positive"))
 	}
+	if f.auditRetention < 0 {
+		errs = append(errs, fmt.Errorf("--audit-retention %s must not be negative",
+			f.auditRetention))
+	}
 	if f.expiryWarning < 0 {
 		errs = append(errs, fmt.Errorf("--authority-expiry-warning %s must not be negative",
 			f.expiryWarning))
@@ -185,6 +193,7 @@ func (f *serverFlags) config() (server.Config, error) {
 		PublishBundle:          f.publishBundle,
 		AuthorityExpiryWarning: f.expiryWarning,
 		AutoRotate:             f.autoRotate,
+		AuditRetention:         f.auditRetention,
 		Logger:                 log,
 		CA: ca.Config{
 			DefaultTTL: f.leafTTL, MaxTTL: f.maxTTL, RootTTL: f.rootTTL,

@@ -58,6 +58,9 @@ type Config struct {
 	// AutoRotate prepares a new root at half of the active authority's lifetime and
 	// activates it when a sixth remains, once every stream has its bundle.
 	AutoRotate bool
+	// AuditRetention is how long the audit records of expired certificates are kept;
+	// they are pruned at start and hourly. Zero keeps them forever.
+	AuditRetention time.Duration
 	// Logger is the process logger.
 	Logger *slog.Logger
 	// Ready, when set, is called once every listener is up and the CA is loaded.
@@ -214,6 +217,10 @@ func (s *Server) build(ctx context.Context, st *store.Bolt) ([]runner, Addrs, er
 	if s.cfg.AuthorityExpiryWarning > 0 || s.cfg.AutoRotate {
 		runners = append(runners, newAuthorityWatch(authority, discovery,
 			s.cfg.AuthorityExpiryWarning, s.cfg.AutoRotate, now, s.log))
+	}
+	if s.cfg.AuditRetention > 0 {
+		runners = append(runners, &auditPruner{store: st, retention: s.cfg.AuditRetention,
+			now: now, log: s.log})
 	}
 	if access != nil {
 		runners = append(runners, access)
