@@ -33,6 +33,9 @@ type authority struct {
 	roots []*x509.Certificate
 	// notAfter is the earliest NotAfter on the chain; no leaf may outlive it.
 	notAfter time.Time
+	// crossSigned are certificates of the root roots[0] issued by an older root; see
+	// store.Authority.CrossSigned.
+	crossSigned []*x509.Certificate
 }
 
 // loadAuthority parses a stored authority and checks that it is usable.
@@ -48,10 +51,14 @@ func loadAuthority(a store.Authority) (*authority, error) {
 	if err != nil {
 		return nil, fmt.Errorf("failed to parse roots: %w", err)
 	}
+	cross, err := parseDERs(a.CrossSigned)
+	if err != nil {
+		return nil, fmt.Errorf("failed to parse cross-signed roots: %w", err)
+	}
 	if a.State == store.StateRemoved {
 		// The key is erased: keep the certificates for the record only.
 		return &authority{id: a.ID, state: a.State, cert: chain[0], roots: roots,
-			notAfter: chain[0].NotAfter}, nil
+			notAfter: chain[0].NotAfter, crossSigned: cross}, nil
 	}
 	parsed, err := x509.ParsePKCS8PrivateKey(a.Key)
 	if err != nil {
@@ -61,7 +68,12 @@ func loadAuthority(a store.Authority) (*authority, error) {
 	if !ok {
 		return nil, fmt.Errorf("private key type %T cannot sign", parsed)
 	}
-	return newAuthority(a.ID, a.State, chain, roots, key)
+	auth, err := newAuthority(a.ID, a.State, chain, roots, key)
+	if err != nil {
+		return nil, err
+	}
+	auth.crossSigned = cross
+	return auth, nil
 }
 
 // newAuthority checks that the key matches the certificate, that the certificate may
@@ -125,9 +137,13 @@ func generateRoot(td spiffeid.TrustDomain, kt KeyType, ttl, backdate time.Durati
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
+		// The serial number attribute tells apart the roots of successive rotations,
+		// which are trusted side by side and, through crossSign, chained to each
+		// other: verifiers that build chains by name need distinct names.
 		Subject: pkix.Name{
 			Organization: []string{"meshca"},
 			CommonName:   "meshca root " + td.Name(),
+			SerialNumber: serial.Text(16),
 		},
 		URIs:                  []*url.URL{td.ID().URL()},
 		NotBefore:             now.Add(-backdate),
@@ -153,6 +169,43 @@ func generateRoot(td spiffeid.TrustDomain, kt KeyType, ttl, backdate time.Durati
 		Key:       keyDER,
 		CreatedAt: now,
 	}, nil
+}
+
+// crossSign issues a certificate with the name and key of root, signed by issuer:
+// clients that trust only issuer can then verify what root signed. It is valid
+// until the earlier of the two expires.
+func crossSign(root *x509.Certificate, issuer *authority, backdate time.Duration,
+	now time.Time) ([]byte, error) {
+	serial, err := newSerial()
+	if err != nil {
+		return nil, err
+	}
+	notAfter := root.NotAfter
+	if issuer.notAfter.Before(notAfter) {
+		notAfter = issuer.notAfter
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      root.Subject,
+		SubjectKeyId: root.SubjectKeyId,
+		// Set here because the standard library leaves it out when the two names
+		// are equal (an imported root named like the old one), and verifiers would
+		// then take the certificate for a self-signed one.
+		AuthorityKeyId:        issuer.cert.SubjectKeyId,
+		URIs:                  root.URIs,
+		NotBefore:             now.Add(-backdate),
+		NotAfter:              notAfter,
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		MaxPathLen:            root.MaxPathLen,
+		MaxPathLenZero:        root.MaxPathLenZero,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+	}
+	der, err := x509.CreateCertificate(nil, tmpl, issuer.cert, root.PublicKey, issuer.key)
+	if err != nil {
+		return nil, fmt.Errorf("failed to cross-sign root %q: %w", root.Subject, err)
+	}
+	return der, nil
 }
 
 // Import is an operator's existing CA that meshca signs with instead of creating

@@ -68,6 +68,9 @@ func (c *CA) PrepareAuthority(ctx context.Context, p PrepareParams) (AuthoritySt
 		return AuthorityStatus{}, err
 	}
 	a.State = store.StatePrepared
+	if a.CrossSigned, err = c.crossSignNewRoot(a, now); err != nil {
+		return AuthorityStatus{}, err
+	}
 
 	err = rs.ChangeAuthorities(ctx, store.AuthorityChangeSet{
 		Create: &a,
@@ -86,6 +89,31 @@ func (c *CA) PrepareAuthority(ctx context.Context, p PrepareParams) (AuthoritySt
 	c.log.Info("Prepared a new authority", "authority_id", a.ID,
 		"imported", p.Import != nil, "root", st.Root)
 	return st, nil
+}
+
+// crossSignNewRoot returns a certificate of a's root issued by the root of the active
+// authority, when a brings a new root and meshca holds the active root's key; else
+// nothing. Envoy reads the bundle it trusts meshca with once, at start (the gRPC
+// channel credentials of its xDS cluster), so without it a sidecar started before
+// the rotation could not reconnect to meshca once meshca's serving certificate
+// chains to the new root.
+func (c *CA) crossSignNewRoot(a store.Authority, now time.Time) ([][]byte, error) {
+	issuer := c.rootSigner()
+	if issuer == nil {
+		return nil, nil
+	}
+	root, err := x509.ParseCertificate(a.Roots[0])
+	if err != nil {
+		return nil, fmt.Errorf("failed to parse the new root: %w", err)
+	}
+	if containsCert([]*x509.Certificate{issuer.cert}, root) {
+		return nil, nil // an intermediate under the same root
+	}
+	der, err := crossSign(root, issuer, c.cfg.Backdate, now)
+	if err != nil {
+		return nil, err
+	}
+	return [][]byte{der}, nil
 }
 
 // newIntermediate signs a new intermediate with the key of the active authority's

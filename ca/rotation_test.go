@@ -3,6 +3,7 @@ package ca_test
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -386,4 +387,91 @@ func TestConcurrentPreparesLeaveOne(t *testing.T) {
 	}
 	require.Equal(t, 1, prepared)
 	require.Len(t, c.Authorities(), len(stored))
+}
+
+// TestServingChainCrossSignedForOldClients rotates the root and checks meshca's own
+// serving chain: a client that still trusts only the old root (an Envoy that read
+// the bundle when it started) verifies it through the new root's certificate from
+// the old root, before and after the old root is removed, as does a client that
+// trusts only the new root. Workload certificates carry no such certificate.
+func TestServingChainCrossSignedForOldClients(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	st := openStore(t, dir)
+	c, err := ca.New(ctx, ca.Config{TrustDomain: td, Store: st})
+	require.NoError(t, err)
+	oldID := c.ActiveID()
+	oldRoot := c.Bundle().X509Authorities()[0]
+	serving := func() []*x509.Certificate {
+		key := testutil.MustKey(t, ca.KeyECP256)
+		svid, err := c.IssueServing(ctx, ca.ServingParams{
+			DNSNames: []string{"meshca.meshca.svc"}, PublicKey: key.Public(), TTL: time.Hour,
+		})
+		require.NoError(t, err)
+		return svid.Certificates
+	}
+	verifies := func(chain []*x509.Certificate, roots ...*x509.Certificate) error {
+		pool, inter := x509.NewCertPool(), x509.NewCertPool()
+		for _, r := range roots {
+			pool.AddCert(r)
+		}
+		for _, c := range chain[1:] {
+			inter.AddCert(c)
+		}
+		_, err := chain[0].Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter,
+			DNSName: "meshca.meshca.svc"})
+		return err
+	}
+	require.Len(t, serving(), 1, "nothing to cross-sign before a rotation")
+
+	prepared, err := c.PrepareAuthority(ctx, ca.PrepareParams{})
+	require.NoError(t, err)
+	newRoot := prepared.Certificate
+	_, err = c.Activate(ctx, ca.ActivateParams{})
+	require.NoError(t, err)
+
+	chain := serving()
+	require.Len(t, chain, 2)
+	cross := chain[1]
+	require.Equal(t, oldRoot.Subject.String(), cross.Issuer.String())
+	require.Equal(t, newRoot.Subject.String(), cross.Subject.String())
+	require.True(t, newRoot.PublicKey.(interface{ Equal(crypto.PublicKey) bool }).
+		Equal(cross.PublicKey), "the cross certificate carries the new root's key")
+	require.NoError(t, cross.CheckSignatureFrom(oldRoot))
+	require.False(t, cross.NotAfter.After(oldRoot.NotAfter))
+	require.True(t, cross.IsCA)
+	require.NoError(t, verifies(chain, oldRoot), "a client with the old root only")
+	require.NoError(t, verifies(chain, newRoot), "a client with the new root only")
+	testutil.OpensslVerify(t, []*x509.Certificate{oldRoot}, chain)
+	testutil.OpensslVerify(t, []*x509.Certificate{newRoot}, chain)
+	require.Error(t, verifies(chain[:1], oldRoot), "without it the old root cannot verify")
+
+	require.Len(t, issue(t, c, 0).Certificates, 1, "workload chains carry no cross certificate")
+
+	// The old root goes (its key is erased); the cross certificate stays in the
+	// store and in the chain, after a restart too, until it expires.
+	_, err = c.Remove(ctx, ca.RemoveParams{ID: oldID, Force: true})
+	require.NoError(t, err)
+	require.Equal(t, []*x509.Certificate{newRoot}, c.Bundle().X509Authorities())
+	require.NoError(t, st.Close())
+	st = openStore(t, dir)
+	defer st.Close()
+	c, err = ca.New(ctx, ca.Config{TrustDomain: td, Store: st})
+	require.NoError(t, err)
+	chain = serving()
+	require.Len(t, chain, 2)
+	require.True(t, chain[1].Equal(cross))
+	require.NoError(t, verifies(chain, oldRoot), "a client with the old root only")
+	require.NoError(t, verifies(chain, newRoot), "a client with the new root only")
+
+	// An intermediate under the same root brings no cross certificate.
+	_, err = c.PrepareAuthority(ctx, ca.PrepareParams{Intermediate: true})
+	require.NoError(t, err)
+	_, err = c.Activate(ctx, ca.ActivateParams{})
+	require.NoError(t, err)
+	chain = serving()
+	require.Len(t, chain, 3, "leaf, intermediate, and the root's cross certificate")
+	require.True(t, chain[2].Equal(cross))
+	require.NoError(t, verifies(chain, oldRoot))
+	require.NoError(t, verifies(chain, newRoot))
 }

@@ -157,7 +157,32 @@ func (c *CA) issue(ctx context.Context, spec leafSpec) (*X509SVID, error) {
 	certs := make([]*x509.Certificate, 0, 1+len(signer.intermediates))
 	certs = append(certs, leaf)
 	certs = append(certs, signer.intermediates...)
+	if spec.id.IsZero() {
+		// meshca's own certificate: also the new root's certificates from the old
+		// root, for clients that trust only the old one.
+		certs = append(certs, c.crossSigned(signer, now)...)
+	}
 	return &X509SVID{ID: spec.id, Certificates: certs, AuthorityID: signer.id}, nil
+}
+
+// crossSigned returns the certificates of signer's root issued by older roots (see
+// store.Authority.CrossSigned) that are valid at now.
+func (c *CA) crossSigned(signer *authority, now time.Time) []*x509.Certificate {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	var out []*x509.Certificate
+	for _, a := range c.all {
+		if len(a.roots) == 0 || !containsCert(signer.roots[:1], a.roots[0]) {
+			continue
+		}
+		for _, x := range a.crossSigned {
+			if !now.Before(x.NotBefore) && now.Before(x.NotAfter) &&
+				!containsCert(out, x) {
+				out = append(out, x)
+			}
+		}
+	}
+	return out
 }
 
 func (c *CA) ttl(requested time.Duration) (time.Duration, error) {

@@ -61,6 +61,12 @@ type Authority struct {
 	Key []byte `json:"key"`
 	// CreatedAt is when the authority was created or imported.
 	CreatedAt time.Time `json:"created_at"`
+	// CrossSigned holds DER certificates of this authority's root (Roots[0]), with
+	// its name and key, issued by the root that was active when it was prepared.
+	// meshca sends them after its own serving certificate, so that clients which
+	// read the old bundle once at start (Envoy's connection to meshca) still verify
+	// meshca after a rotation. Empty for the first root.
+	CrossSigned [][]byte `json:"cross_signed,omitempty"`
 }
 
 // Issuance is one audit record: a certificate that meshca handed out.
