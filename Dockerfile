@@ -1,7 +1,8 @@
 # meshca's image: meshca and meshctl, static, on a distroless base, run as nonroot
 # (65532). Build from the repository root:
 #
-#   docker build --build-arg RUNTIME_IMAGE=<distroless static nonroot image> -t meshca:dev .
+#   docker build --build-arg RUNTIME_IMAGE=<distroless static nonroot image> \
+#     --build-arg VERSION=$(git describe --always --dirty) -t meshca:dev .
 #
 # RUNTIME_IMAGE is required: name the distroless "static" image, nonroot variant (Debian
 # 12), from the registry you use or mirror.
@@ -15,10 +16,13 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-# Static binaries: no cgo, so no libc is needed at run time.
+# Static binaries: no cgo, so no libc is needed at run time. The context has no .git,
+# so VERSION (a tag or a commit) is what `meshca version` reports.
 ENV CGO_ENABLED=0
-RUN go build -trimpath -ldflags="-s -w" -o /out/meshca ./cmd/meshca && \
-	go build -trimpath -ldflags="-s -w" -o /out/meshctl ./cmd/meshctl
+ARG VERSION=unknown
+RUN flags="-s -w -X github.com/meshca/meshca/internal/buildinfo.version=${VERSION}" && \
+	go build -trimpath -ldflags="$flags" -o /out/meshca ./cmd/meshca && \
+	go build -trimpath -ldflags="$flags" -o /out/meshctl ./cmd/meshctl
 
 FROM ${RUNTIME_IMAGE}
 COPY --from=build /out/meshca /out/meshctl /usr/local/bin/

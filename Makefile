@@ -3,9 +3,10 @@ GO ?= go
 
 .PHONY: build test lint unit kube bench genproto demo
 
+# -buildvcs=true: `meshca version` names the commit even where GOFLAGS turns it off.
 build:
-	$(GO) build -o bin/meshca ./cmd/meshca
-	$(GO) build -o bin/meshctl ./cmd/meshctl
+	$(GO) build -buildvcs=true -o bin/meshca ./cmd/meshca
+	$(GO) build -buildvcs=true -o bin/meshctl ./cmd/meshctl
 
 ## test: formatting, vet, lint and every test (unit and end-to-end) under the race detector.
 test: lint unit

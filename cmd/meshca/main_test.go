@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -36,7 +37,8 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	meshcaBin = filepath.Join(dir, "meshca")
-	out, err := exec.Command("go", "build", "-o", meshcaBin, ".").CombinedOutput()
+	out, err := exec.Command("go", "build", "-buildvcs=true", "-o", meshcaBin, ".").
+		CombinedOutput()
 	if err != nil {
 		panic("go build: " + err.Error() + "\n" + string(out))
 	}
@@ -296,5 +298,23 @@ func TestNotReadyWithoutKubernetes(t *testing.T) {
 	code, body := get("/readyz")
 	require.Equal(t, http.StatusServiceUnavailable, code)
 	require.Contains(t, body, "token authentication: no Kubernetes API configured")
+	code, body = get("/metrics")
+	require.Equal(t, http.StatusOK, code)
+	require.Contains(t, body, `go_build_info{checksum="",path="github.com/meshca/meshca"`)
+	require.Contains(t, line, "version=")
 	p.stop(t)
+}
+
+// TestVersion runs `meshca version` and `meshca --version` on the binary built for
+// these tests: both name the commit of this checkout and the Go toolchain.
+func TestVersion(t *testing.T) {
+	head, err := exec.Command("git", "rev-parse", "HEAD").Output()
+	require.NoError(t, err, "the tests build meshca inside a git checkout")
+	for _, args := range [][]string{{"version"}, {"--version"}} {
+		out, err := exec.Command(meshcaBin, args...).CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		require.True(t, strings.HasPrefix(string(out), "meshca "), "%s: %q", args[0], out)
+		require.Contains(t, string(out), ", commit "+string(head[:12]))
+		require.Contains(t, string(out), runtime.Version())
+	}
 }

@@ -20,8 +20,10 @@ func newRootCommand() *cobra.Command {
 		Short:         "meshca: SPIFFE identities and mTLS policy for Kubernetes workloads",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       cli.Version(),
 	}
-	root.AddCommand(newServerCommand(), newDocsCommand())
+	root.SetVersionTemplate("meshca {{.Version}}\n")
+	root.AddCommand(newServerCommand(), newDocsCommand(), cli.NewVersionCommand("meshca"))
 	return root
 }
 

@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -154,4 +155,15 @@ func assertContent(t *testing.T, path, want string) {
 	got, err := os.ReadFile(path)
 	require.NoError(t, err)
 	require.Equal(t, want, string(got))
+}
+
+// TestVersion prints the version without a server: the flag and the command agree.
+func TestVersion(t *testing.T) {
+	byCommand := execute(t, time.Now(), "version")
+	require.NoError(t, byCommand.err)
+	byFlag := execute(t, time.Now(), "--version")
+	require.NoError(t, byFlag.err)
+	require.Equal(t, byCommand.stdout, byFlag.stdout)
+	require.True(t, strings.HasPrefix(byCommand.stdout, "meshctl "), "%q", byCommand.stdout)
+	require.Contains(t, byCommand.stdout, runtime.Version())
 }

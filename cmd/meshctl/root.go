@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/meshca/meshca/internal/cli"
 )
 
 // Defaults of the global flags.
@@ -38,10 +40,12 @@ func newRootCommand(now func() time.Time) *cobra.Command {
 			"`cert inspect` and `policy validate` also work offline.",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       cli.Version(),
 		PersistentPreRunE: func(*cobra.Command, []string) error {
 			return g.validate()
 		},
 	}
+	root.SetVersionTemplate("meshctl {{.Version}}\n")
 
 	socket := os.Getenv(adminSocketEnv)
 	if socket == "" {
@@ -56,7 +60,8 @@ func newRootCommand(now func() time.Time) *cobra.Command {
 		cobra.FixedCompletions(formatNames, cobra.ShellCompDirectiveNoFileComp))
 
 	root.AddCommand(newCACommand(g), newBundleCommand(g), newSVIDCommand(g),
-		newCertCommand(g), newPolicyCommand(g), newDocsCommand())
+		newCertCommand(g), newPolicyCommand(g), newDocsCommand(),
+		cli.NewVersionCommand("meshctl"))
 	return root
 }
 

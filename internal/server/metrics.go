@@ -64,7 +64,7 @@ func newMetrics(reg *prometheus.Registry, authority *ca.CA, now func() time.Time
 		Help: "Discovery responses the client rejected (NACK), by resource type.",
 	}, []string{"type_url"})
 	reg.MustRegister(m.requests, m.latency, m.reviews, m.cacheHits, m.streams, m.pushes, m.nacks,
-		collectors.NewGoCollector(),
+		collectors.NewGoCollector(), collectors.NewBuildInfoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		authorityExpiry(authority, now))
 	return m

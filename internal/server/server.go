@@ -20,6 +20,7 @@ import (
 
 	"github.com/meshca/meshca/api"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/buildinfo"
 	"github.com/meshca/meshca/internal/kube"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/xds"
@@ -129,7 +130,8 @@ func (s *Server) Run(ctx context.Context) error {
 	for _, r := range runners {
 		g.Go(func() error { return r.Run(gctx) })
 	}
-	s.log.Info("meshca is ready", "trust_domain", s.cfg.TrustDomain.Name(),
+	s.log.Info("meshca is ready", "version", buildinfo.String(),
+		"trust_domain", s.cfg.TrustDomain.Name(),
 		"grpc_addr", addrs.GRPC.String(), "http_addr", addrs.HTTP.String(),
 		"admin_socket", addrs.Admin, "data_dir", s.cfg.DataDir,
 		"startup", time.Since(start).Round(time.Millisecond))
