@@ -171,9 +171,9 @@ func generateRoot(td spiffeid.TrustDomain, kt KeyType, ttl, backdate time.Durati
 	}, nil
 }
 
-// crossSign issues a certificate with the name and key of root, signed by issuer:
-// clients that trust only issuer can then verify what root signed. It is valid
-// until the earlier of the two expires.
+// crossSign issues a certificate with the name, key and constraints of root, signed
+// by issuer: clients that trust only issuer can then verify what root signed. It is
+// valid until the first of the two expires.
 func crossSign(root *x509.Certificate, issuer *authority, backdate time.Duration,
 	now time.Time) ([]byte, error) {
 	serial, err := newSerial()
@@ -186,7 +186,9 @@ func crossSign(root *x509.Certificate, issuer *authority, backdate time.Duration
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
-		Subject:      root.Subject,
+		// The name exactly as encoded in root: verifiers match a certificate's
+		// issuer to its parent's subject byte for byte.
+		RawSubject:   root.RawSubject,
 		SubjectKeyId: root.SubjectKeyId,
 		// Set here because the standard library leaves it out when the two names
 		// are equal (an imported root named like the old one), and verifiers would
@@ -200,12 +202,32 @@ func crossSign(root *x509.Certificate, issuer *authority, backdate time.Duration
 		MaxPathLen:            root.MaxPathLen,
 		MaxPathLenZero:        root.MaxPathLenZero,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		// What root may sign, it may sign through this certificate too: no more.
+		PermittedDNSDomainsCritical: root.PermittedDNSDomainsCritical,
+		PermittedDNSDomains:         root.PermittedDNSDomains,
+		ExcludedDNSDomains:          root.ExcludedDNSDomains,
+		PermittedIPRanges:           root.PermittedIPRanges,
+		ExcludedIPRanges:            root.ExcludedIPRanges,
+		PermittedEmailAddresses:     root.PermittedEmailAddresses,
+		ExcludedEmailAddresses:      root.ExcludedEmailAddresses,
+		PermittedURIDomains:         root.PermittedURIDomains,
+		ExcludedURIDomains:          root.ExcludedURIDomains,
+		Policies:                    root.Policies,
 	}
 	der, err := x509.CreateCertificate(nil, tmpl, issuer.cert, root.PublicKey, issuer.key)
 	if err != nil {
 		return nil, fmt.Errorf("failed to cross-sign root %q: %w", root.Subject, err)
 	}
 	return der, nil
+}
+
+// pathLenAllows reports whether ca's path length constraint lets n CA certificates
+// follow it in a chain.
+func pathLenAllows(ca *x509.Certificate, n int) bool {
+	if ca.MaxPathLen < 0 || ca.MaxPathLen == 0 && !ca.MaxPathLenZero {
+		return true // no constraint
+	}
+	return n <= ca.MaxPathLen
 }
 
 // Import is an operator's existing CA that meshca signs with instead of creating

@@ -109,6 +109,21 @@ func (c *CA) crossSignNewRoot(a store.Authority, now time.Time) ([][]byte, error
 	if containsCert([]*x509.Certificate{issuer.cert}, root) {
 		return nil, nil // an intermediate under the same root
 	}
+	// Below the old root come the cross certificate and a's own CA certificates
+	// other than the new root.
+	below := 1
+	for _, der := range a.Chain {
+		if c, err := x509.ParseCertificate(der); err == nil && !isSelfSigned(c) {
+			below++
+		}
+	}
+	if !pathLenAllows(issuer.cert, below) {
+		c.log.Warn("Not cross-signing the new root: the active root's path length "+
+			"constraint forbids it; sidecars started before this rotation cannot "+
+			"reconnect to meshca after activation until they restart",
+			"authority_id", a.ID, "root_id", issuer.id)
+		return nil, nil
+	}
 	der, err := crossSign(root, issuer, c.cfg.Backdate, now)
 	if err != nil {
 		return nil, err

@@ -7,6 +7,10 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -474,4 +478,85 @@ func TestServingChainCrossSignedForOldClients(t *testing.T) {
 	require.True(t, chain[2].Equal(cross))
 	require.NoError(t, verifies(chain, oldRoot))
 	require.NoError(t, verifies(chain, newRoot))
+}
+
+// TestCrossSignedImportedRoot rotates to a root made by OpenSSL, whose names are
+// UTF8Strings (Go would write PrintableStrings) and carry an attribute Go does not
+// model: a client that trusts only the old root verifies meshca's serving chain
+// with Go and with OpenSSL, so the cross certificate names the root byte for byte.
+func TestCrossSignedImportedRoot(t *testing.T) {
+	ctx := context.Background()
+	c, _ := newCA(t, ca.Config{})
+	oldRoot := c.Bundle().X509Authorities()[0]
+
+	certPEM, keyPEM := opensslRoot(t, "/DC=example/O=Example Corp/CN=Example Root CA",
+		"basicConstraints=critical,CA:TRUE")
+	prepared, err := c.PrepareAuthority(ctx, ca.PrepareParams{
+		Import: &ca.Import{CertPEM: certPEM, KeyPEM: keyPEM},
+	})
+	require.NoError(t, err)
+	_, err = c.Activate(ctx, ca.ActivateParams{})
+	require.NoError(t, err)
+
+	key := testutil.MustKey(t, ca.KeyECP256)
+	svid, err := c.IssueServing(ctx, ca.ServingParams{
+		DNSNames: []string{"meshca.meshca.svc"}, PublicKey: key.Public(), TTL: time.Hour,
+	})
+	require.NoError(t, err)
+	chain := svid.Certificates
+	require.Len(t, chain, 2)
+	require.Equal(t, prepared.Certificate.RawSubject, chain[1].RawSubject)
+	require.Equal(t, chain[0].RawIssuer, chain[1].RawSubject)
+	for _, root := range []*x509.Certificate{oldRoot, prepared.Certificate} {
+		pool, inter := x509.NewCertPool(), x509.NewCertPool()
+		pool.AddCert(root)
+		inter.AddCert(chain[1])
+		_, err := chain[0].Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter,
+			DNSName: "meshca.meshca.svc"})
+		require.NoError(t, err, "trusting only %s", root.Subject)
+		testutil.OpensslVerify(t, []*x509.Certificate{root}, chain)
+	}
+}
+
+// opensslRoot makes a P-256 root with OpenSSL, with the given subject and basic
+// constraints, and returns its certificate and key in PEM.
+func opensslRoot(t *testing.T, subject, basicConstraints string) (certPEM, keyPEM []byte) {
+	t.Helper()
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca.key")
+	out, err := exec.Command("openssl", "req", "-x509", "-newkey", "ec",
+		"-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "30", "-subj", subject,
+		"-addext", basicConstraints, "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+		"-keyout", keyFile, "-out", certFile).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	certPEM, err = os.ReadFile(certFile)
+	require.NoError(t, err)
+	keyPEM, err = os.ReadFile(keyFile)
+	require.NoError(t, err)
+	return certPEM, keyPEM
+}
+
+// TestNoCrossSignatureBeyondPathLength: an active root that may not have CA
+// certificates below it (pathlen 0) cannot vouch for the next root; meshca does not
+// make a certificate that verifiers would refuse, and says so in its log.
+func TestNoCrossSignatureBeyondPathLength(t *testing.T) {
+	ctx := context.Background()
+	certPEM, keyPEM := opensslRoot(t, "/O=Example Corp/CN=Constrained Root",
+		"basicConstraints=critical,CA:TRUE,pathlen:0")
+	var logs bytes.Buffer
+	c, _ := newCA(t, ca.Config{
+		Import: &ca.Import{CertPEM: certPEM, KeyPEM: keyPEM},
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	_, err := c.PrepareAuthority(ctx, ca.PrepareParams{})
+	require.NoError(t, err)
+	_, err = c.Activate(ctx, ca.ActivateParams{})
+	require.NoError(t, err)
+	key := testutil.MustKey(t, ca.KeyECP256)
+	svid, err := c.IssueServing(ctx, ca.ServingParams{
+		DNSNames: []string{"meshca.meshca.svc"}, PublicKey: key.Public(), TTL: time.Hour,
+	})
+	require.NoError(t, err)
+	require.Len(t, svid.Certificates, 1, "no cross certificate")
+	require.Contains(t, logs.String(), "Not cross-signing the new root")
 }

@@ -120,6 +120,15 @@ func (c *CA) issue(ctx context.Context, spec leafSpec) (*X509SVID, error) {
 	}
 
 	now := c.now()
+	var cross []*x509.Certificate
+	if spec.id.IsZero() {
+		// meshca's own certificate: also the new root's certificates from the old
+		// root, for clients that trust only the old one. The leaf ends with them.
+		cross = c.crossSigned(signer, now)
+		for _, x := range cross {
+			ttl = min(ttl, x.NotAfter.Sub(now))
+		}
+	}
 	tmpl, err := c.template(spec, signer, keyUsage, now, ttl)
 	if err != nil {
 		return nil, err
@@ -157,11 +166,7 @@ func (c *CA) issue(ctx context.Context, spec leafSpec) (*X509SVID, error) {
 	certs := make([]*x509.Certificate, 0, 1+len(signer.intermediates))
 	certs = append(certs, leaf)
 	certs = append(certs, signer.intermediates...)
-	if spec.id.IsZero() {
-		// meshca's own certificate: also the new root's certificates from the old
-		// root, for clients that trust only the old one.
-		certs = append(certs, c.crossSigned(signer, now)...)
-	}
+	certs = append(certs, cross...)
 	return &X509SVID{ID: spec.id, Certificates: certs, AuthorityID: signer.id}, nil
 }
 

@@ -346,11 +346,10 @@ func appendIssuances(bkt *bolt.Bucket, batch []pendingIssuance) error {
 // loop's audit writes never wait long behind it.
 const pruneBatch = 5000
 
-// PruneIssuances implements Store. It reads the records in the order they were
-// appended and stops at the first one issued at or after expiredBefore: a certificate
-// issued later expires later. Records issued earlier whose certificates are still
-// valid (a long lifetime) are kept. Each transaction deletes at most pruneBatch
-// records; an error or a cancelled ctx keeps the deletions already committed.
+// PruneIssuances implements Store. It reads the whole log, a batch of records per
+// read transaction, and deletes the expired records of each batch in one write
+// transaction; readers never block the commit loop, and the log stays small once
+// pruned. An error or a cancelled ctx keeps the deletions already committed.
 func (b *Bolt) PruneIssuances(ctx context.Context, expiredBefore time.Time) (int, error) {
 	pruned := 0
 	var from []byte // the key to continue from; nil starts at the oldest record
@@ -390,7 +389,7 @@ func (b *Bolt) PruneIssuances(ctx context.Context, expiredBefore time.Time) (int
 
 // expiredRecords returns the keys of up to pruneBatch records, from the key from on,
 // whose certificates expired before cutoff; the key to continue from; and whether
-// the scan reached a record issued at or after cutoff, or the end.
+// the scan reached the end.
 func expiredRecords(bkt *bolt.Bucket, from []byte, cutoff time.Time,
 ) (expired [][]byte, next []byte, done bool) {
 	c := bkt.Cursor()
@@ -405,9 +404,6 @@ func expiredRecords(bkt *bolt.Bucket, from []byte, cutoff time.Time,
 		var rec Issuance
 		if err := json.Unmarshal(v, &rec); err != nil {
 			continue // an unreadable record stays, for someone to look at
-		}
-		if !rec.IssuedAt.Before(cutoff) {
-			return expired, nil, true
 		}
 		if rec.NotAfter.Before(cutoff) {
 			expired = append(expired, slices.Clone(k))

@@ -284,28 +284,27 @@ func TestPruneIssuances(t *testing.T) {
 	}
 }
 
-// TestPruneIssuancesStopsAtNewRecords reads no further than the first record issued
-// after the cutoff: the log is in issuance order, so the rest expires later.
-func TestPruneIssuancesStopsAtNewRecords(t *testing.T) {
+// TestPruneIssuancesOutOfOrder prunes records whatever their order in the log: a
+// clock that jumped ahead once leaves records issued "later" before older ones.
+func TestPruneIssuancesOutOfOrder(t *testing.T) {
 	st := open(t, filepath.Join(t.TempDir(), "meshca.db"))
 	defer st.Close()
 	ctx := context.Background()
 	cutoff := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	for _, rec := range []store.Issuance{
 		{Serial: "old", IssuedAt: cutoff.Add(-2 * time.Hour), NotAfter: cutoff.Add(-time.Hour)},
-		{Serial: "new", IssuedAt: cutoff, NotAfter: cutoff.Add(time.Hour)},
-		// Out of order on purpose: a scan that went on would delete it.
-		{Serial: "unread", IssuedAt: cutoff.Add(-2 * time.Hour),
+		{Serial: "future", IssuedAt: cutoff.Add(24 * time.Hour),
+			NotAfter: cutoff.Add(25 * time.Hour)},
+		{Serial: "after-the-jump", IssuedAt: cutoff.Add(-2 * time.Hour),
 			NotAfter: cutoff.Add(-time.Hour)},
 	} {
 		require.NoError(t, st.RecordIssuance(ctx, rec))
 	}
 	pruned, err := st.PruneIssuances(ctx, cutoff)
 	require.NoError(t, err)
-	require.Equal(t, 1, pruned)
+	require.Equal(t, 2, pruned)
 	left, err := st.Issuances(ctx, store.IssuanceQuery{})
 	require.NoError(t, err)
-	require.Len(t, left, 2)
-	require.Equal(t, "unread", left[0].Serial)
-	require.Equal(t, "new", left[1].Serial)
+	require.Len(t, left, 1)
+	require.Equal(t, "future", left[0].Serial)
 }

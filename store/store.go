@@ -1,5 +1,6 @@
 // Package store persists meshca's state: the certificate authorities with their keys,
-// and an append-only audit log of every certificate issued.
+// and an audit log of every certificate issued, from which the records of long
+// expired certificates are pruned.
 //
 // The Store interface is what the rest of meshca needs; Bolt is the embedded backend
 // used by default. Every write is a single transaction: a crash leaves the state as it

@@ -71,7 +71,12 @@ func NewForConfig(cfg *rest.Config) (*Client, error) {
 		c.APIPath = apiPath
 		c.GroupVersion = &gv
 		c.NegotiatedSerializer = codecs.WithoutConversion()
-		return rest.RESTClientForConfigAndClient(c, httpClient)
+		rc, err := rest.RESTClientForConfigAndClient(c, httpClient)
+		if err != nil {
+			return nil, fmt.Errorf("failed to create the Kubernetes client for %s: %w",
+				gv, err)
+		}
+		return rc, nil
 	}
 	var k Client
 	if k.core, err = group("/api", corev1.SchemeGroupVersion); err != nil {

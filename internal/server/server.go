@@ -254,8 +254,8 @@ func (s *Server) tokenAuth(m *metrics) (api.Authenticator, *accessCheck, error) 
 	s.log.Info("Token authentication with the Kubernetes API", "source", source,
 		"audience", s.cfg.Kube.Audience)
 	reviewer := ca.NewTokenReviewer(ca.TokenReviewConfig{
-		Reviews: client.TokenReviews(), TrustDomain: s.cfg.TrustDomain, Audience: s.cfg.Kube.Audience,
-		CacheTTL: s.cfg.Kube.CacheTTL, Logger: s.log, Metrics: m,
+		Reviews: client.TokenReviews(), TrustDomain: s.cfg.TrustDomain,
+		Audience: s.cfg.Kube.Audience, CacheTTL: s.cfg.Kube.CacheTTL, Logger: s.log, Metrics: m,
 	})
 	return reviewer, newAccessCheck(client.SelfSubjectAccessReviews(), s.log), nil
 }
