@@ -406,14 +406,7 @@ func TestServingChainCrossSignedForOldClients(t *testing.T) {
 	require.NoError(t, err)
 	oldID := c.ActiveID()
 	oldRoot := c.Bundle().X509Authorities()[0]
-	serving := func() []*x509.Certificate {
-		key := testutil.MustKey(t, ca.KeyECP256)
-		svid, err := c.IssueServing(ctx, ca.ServingParams{
-			DNSNames: []string{"meshca.meshca.svc"}, PublicKey: key.Public(), TTL: time.Hour,
-		})
-		require.NoError(t, err)
-		return svid.Certificates
-	}
+	serving := func() []*x509.Certificate { return servingChain(t, c) }
 	verifies := func(chain []*x509.Certificate, roots ...*x509.Certificate) error {
 		pool, inter := x509.NewCertPool(), x509.NewCertPool()
 		for _, r := range roots {
@@ -498,12 +491,7 @@ func TestCrossSignedImportedRoot(t *testing.T) {
 	_, err = c.Activate(ctx, ca.ActivateParams{})
 	require.NoError(t, err)
 
-	key := testutil.MustKey(t, ca.KeyECP256)
-	svid, err := c.IssueServing(ctx, ca.ServingParams{
-		DNSNames: []string{"meshca.meshca.svc"}, PublicKey: key.Public(), TTL: time.Hour,
-	})
-	require.NoError(t, err)
-	chain := svid.Certificates
+	chain := servingChain(t, c)
 	require.Len(t, chain, 2)
 	require.Equal(t, prepared.Certificate.RawSubject, chain[1].RawSubject)
 	require.Equal(t, chain[0].RawIssuer, chain[1].RawSubject)
@@ -552,11 +540,18 @@ func TestNoCrossSignatureBeyondPathLength(t *testing.T) {
 	require.NoError(t, err)
 	_, err = c.Activate(ctx, ca.ActivateParams{})
 	require.NoError(t, err)
+	require.Len(t, servingChain(t, c), 1, "no cross certificate")
+	require.Contains(t, logs.String(), "Not cross-signing the new root")
+}
+
+// servingChain issues a serving certificate for meshca.meshca.svc and returns its
+// chain.
+func servingChain(t *testing.T, c *ca.CA) []*x509.Certificate {
+	t.Helper()
 	key := testutil.MustKey(t, ca.KeyECP256)
-	svid, err := c.IssueServing(ctx, ca.ServingParams{
+	svid, err := c.IssueServing(context.Background(), ca.ServingParams{
 		DNSNames: []string{"meshca.meshca.svc"}, PublicKey: key.Public(), TTL: time.Hour,
 	})
 	require.NoError(t, err)
-	require.Len(t, svid.Certificates, 1, "no cross certificate")
-	require.Contains(t, logs.String(), "Not cross-signing the new root")
+	return svid.Certificates
 }
