@@ -1,10 +1,13 @@
 package ca_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"errors"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -91,7 +94,12 @@ func TestIssueX509SVID(t *testing.T) {
 	recs, err := st.Issuances(context.Background(), store.IssuanceQuery{})
 	require.NoError(t, err)
 	require.Len(t, recs, 1)
-	require.Equal(t, leaf.SerialNumber.Text(16), recs[0].Serial)
+	cmd := exec.Command("openssl", "x509", "-noout", "-serial")
+	cmd.Stdin = bytes.NewReader(testutil.PEMCerts(leaf))
+	out, err := cmd.Output()
+	require.NoError(t, err)
+	require.Equal(t, strings.TrimSpace(string(out)), "serial="+strings.ToUpper(recs[0].Serial),
+		"the audit log writes the serial as openssl prints it, in lower case")
 	require.Equal(t, id.String(), recs[0].SPIFFEID)
 	require.Equal(t, "test", recs[0].Requester)
 	require.True(t, recs[0].NotAfter.Equal(leaf.NotAfter))

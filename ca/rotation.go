@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/meshca/meshca/store"
@@ -375,8 +376,12 @@ func (c *CA) Remove(ctx context.Context, p RemoveParams) (AuthorityStatus, error
 	}
 	var detail string
 	if check.LiveLeaves > 0 {
-		detail = fmt.Sprintf("%d certificates that need it are valid until %s",
-			check.LiveLeaves, check.SafeAt.UTC().Format(time.RFC3339))
+		detail = fmt.Sprintf("%s that need it are valid until %s",
+			Certificates(check.LiveLeaves), check.SafeAt.UTC().Format(time.RFC3339))
+		if check.LiveLeaves == 1 {
+			detail = fmt.Sprintf("1 certificate that needs it is valid until %s",
+				check.SafeAt.UTC().Format(time.RFC3339))
+		}
 		if !p.Force {
 			return AuthorityStatus{}, fmt.Errorf("authority %s cannot be removed yet: %s; "+
 				"removing it is safe from then on (--force removes it now, and every "+
@@ -424,8 +429,13 @@ func (c *CA) pick(id string, want store.AuthorityState, op string) (*authority, 
 		case 1:
 			return found[0], nil
 		default:
-			return nil, fmt.Errorf("%d authorities are %s; name the one to %s: %w",
-				len(found), want, op, ErrInvalidRequest)
+			ids := make([]string, len(found))
+			for i, a := range found {
+				ids[i] = a.id
+			}
+			return nil, fmt.Errorf("%d authorities are %s (%s); name the one to %s "+
+				"(meshctl: --id): %w", len(found), want, strings.Join(ids, ", "), op,
+				ErrInvalidRequest)
 		}
 	}
 	c.mu.RLock()
@@ -493,4 +503,12 @@ func (c *CA) status(id string) (AuthorityStatus, error) {
 		}
 	}
 	return AuthorityStatus{}, fmt.Errorf("authority %q vanished", id)
+}
+
+// Certificates says "1 certificate" or "n certificates".
+func Certificates(n int) string {
+	if n == 1 {
+		return "1 certificate"
+	}
+	return fmt.Sprintf("%d certificates", n)
 }

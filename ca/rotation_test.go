@@ -290,7 +290,7 @@ func TestForcedRemoveIsRecorded(t *testing.T) {
 	require.True(t, events[1].Forced)
 	require.Equal(t, "0 of 1 streams", events[1].Detail)
 	require.True(t, events[2].Forced)
-	require.Contains(t, events[2].Detail, "1 certificates that need it are valid until")
+	require.Contains(t, events[2].Detail, "1 certificate that needs it is valid until")
 }
 
 // TestIntermediateRotation prepares an intermediate under the active root: leaves
@@ -554,4 +554,29 @@ func servingChain(t *testing.T, c *ca.CA) []*x509.Certificate {
 	})
 	require.NoError(t, err)
 	return svid.Certificates
+}
+
+// TestRemoveNamesTheRetiredWhenAmbiguous: with two retired authorities, remove
+// without an ID is refused with both IDs and the flag to choose one.
+func TestRemoveNamesTheRetiredWhenAmbiguous(t *testing.T) {
+	ctx := context.Background()
+	c, _ := newCA(t, ca.Config{})
+	first := c.ActiveID()
+	_, err := c.PrepareAuthority(ctx, ca.PrepareParams{})
+	require.NoError(t, err)
+	_, err = c.Activate(ctx, ca.ActivateParams{})
+	require.NoError(t, err)
+	unwanted, err := c.PrepareAuthority(ctx, ca.PrepareParams{})
+	require.NoError(t, err)
+	_, err = c.Retire(ctx, unwanted.ID)
+	require.NoError(t, err)
+
+	_, err = c.Remove(ctx, ca.RemoveParams{Force: true})
+	require.ErrorIs(t, err, ca.ErrInvalidRequest)
+	require.ErrorContains(t, err, "2 authorities are retired")
+	require.ErrorContains(t, err, first)
+	require.ErrorContains(t, err, unwanted.ID)
+	require.ErrorContains(t, err, "--id")
+	_, err = c.Remove(ctx, ca.RemoveParams{ID: unwanted.ID})
+	require.NoError(t, err, "no certificate needs the unwanted authority")
 }

@@ -26,3 +26,7 @@ func newSerial() (*big.Int, error) {
 		}
 	}
 }
+
+// SerialHex writes a serial number as lowercase hex of its bytes, with the leading
+// zero that `openssl x509 -serial` shows (which prints the same digits in upper case).
+func SerialHex(n *big.Int) string { return fmt.Sprintf("%x", n.Bytes()) }

@@ -149,7 +149,7 @@ func (c *CA) issue(ctx context.Context, spec leafSpec) (*X509SVID, error) {
 	}
 
 	rec := store.Issuance{
-		Serial:      leaf.SerialNumber.Text(16),
+		Serial:      SerialHex(leaf.SerialNumber),
 		SPIFFEID:    spec.id.String(),
 		AuthorityID: signer.id,
 		NotBefore:   leaf.NotBefore,

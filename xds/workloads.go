@@ -147,7 +147,7 @@ func (m *certManager) issue(ctx context.Context, ident ca.Identity) (*workloadCe
 	wc := &workloadCert{
 		chainPEM:  pemCerts(svid.Certificates),
 		keyPEM:    keyPEM,
-		serial:    leaf.SerialNumber.Text(16),
+		serial:    ca.SerialHex(leaf.SerialNumber),
 		issued:    time.Now(),
 		notAfter:  leaf.NotAfter,
 		authority: svid.AuthorityID,

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"io"
+	"math/big"
 	"strings"
 	"time"
 
@@ -118,7 +119,7 @@ func inspect(file string, certs []*x509.Certificate, src x509bundle.Source, srcN
 	leaf := certs[0]
 	res := inspection{
 		File:            file,
-		Serial:          leaf.SerialNumber.Text(16),
+		Serial:          serialHex(leaf.SerialNumber),
 		Subject:         leaf.Subject.String(),
 		Issuer:          leaf.Issuer.String(),
 		NotBefore:       leaf.NotBefore.UTC(),
@@ -195,3 +196,7 @@ func (v verification) summary() string {
 		return fmt.Sprintf("no (bundle from %s): %s", v.Bundle, v.Error)
 	}
 }
+
+// serialHex writes a serial number as meshca's audit log does: lowercase hex of its
+// bytes, as `openssl x509 -serial` shows it in upper case.
+func serialHex(n *big.Int) string { return fmt.Sprintf("%x", n.Bytes()) }

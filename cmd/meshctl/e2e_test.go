@@ -111,7 +111,7 @@ func TestE2ESVIDMint(t *testing.T) {
 	// The key matches the leaf, and openssl accepts the chain against the bundle.
 	pair, err := tls.LoadX509KeyPair(certPath, keyPath)
 	require.NoError(t, err)
-	require.Contains(t, stdout, pair.Leaf.SerialNumber.Text(16))
+	require.Contains(t, stdout, serialHex(pair.Leaf.SerialNumber))
 	require.WithinDuration(t, time.Now().Add(30*time.Minute), pair.Leaf.NotAfter, time.Minute)
 	verify, err := exec.Command("openssl", "verify", "-CAfile", bundlePath,
 		"-untrusted", certPath, certPath).CombinedOutput()
@@ -123,7 +123,7 @@ func TestE2ESVIDMint(t *testing.T) {
 	listed := mustRun(t, socket, "-o", "json", "cert", "list", "--spiffe-id", id)
 	require.NoError(t, json.Unmarshal([]byte(listed), &list))
 	require.Len(t, list.Issuances, 1)
-	require.Equal(t, pair.Leaf.SerialNumber.Text(16), list.Issuances[0].Serial)
+	require.Equal(t, serialHex(pair.Leaf.SerialNumber), list.Issuances[0].Serial)
 	require.Equal(t, "admin", list.Issuances[0].Requester)
 	require.Contains(t, mustRun(t, socket, "cert", "list", "--limit", "5"), id)
 

@@ -270,8 +270,13 @@ func runStep(cmd *cobra.Command, g *globals, step string,
 	if err != nil {
 		return fmt.Errorf("%s refused: %w", step, err)
 	}
+	next := nextCommand[step]
+	if step == "retire" {
+		// Another authority may still be retired from an earlier rotation.
+		next += " --id " + a.GetId()
+	}
 	res := rotateResult{Step: step, Authority: authorityFromProto(a, g.now()),
-		Warning: warning, Next: nextCommand[step]}
+		Warning: warning, Next: next}
 	return render(cmd.OutOrStdout(), g.output, res, res.table)
 }
 
@@ -424,6 +429,9 @@ func (a rotationAuthority) progress(now time.Time) string {
 	case a.LiveLeaves != nil && *a.LiveLeaves == 0:
 		return "no valid certificate needs it"
 	case a.LiveLeaves != nil && a.SafeToRemoveAt != nil:
+		if *a.LiveLeaves == 1 {
+			return "1 valid certificate needs it, until " + expiry(*a.SafeToRemoveAt, now)
+		}
 		return fmt.Sprintf("%d valid certificates need it, until %s", *a.LiveLeaves,
 			expiry(*a.SafeToRemoveAt, now))
 	default:

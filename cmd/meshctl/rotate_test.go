@@ -220,7 +220,7 @@ func TestE2ERotate(t *testing.T) {
 	leaf, err := readPEMCerts(filepath.Join(mintDir, "svid.pem"))
 	require.NoError(t, err)
 	safe := leaf[0].NotAfter.UTC().Format(time.RFC3339)
-	require.ErrorContains(t, res.err, fmt.Sprintf("1 certificates that need it are valid until %s",
+	require.ErrorContains(t, res.err, fmt.Sprintf("1 certificate that needs it is valid until %s",
 		safe))
 	require.Len(t, bundleCerts(t, socket), 2, "a refused remove changes nothing")
 
@@ -234,7 +234,7 @@ func TestE2ERotate(t *testing.T) {
 
 	out = mustRun(t, socket, "ca", "rotate", "remove", "--force")
 	require.Contains(t, out, "is now removed")
-	require.Contains(t, out, "Warning: forced: 1 certificates that need authority")
+	require.Contains(t, out, "Warning: forced: 1 certificate that needs authority")
 
 	var log rotationLog
 	require.NoError(t, json.Unmarshal([]byte(mustRun(t, socket, "ca", "rotate", "log",
@@ -245,7 +245,7 @@ func TestE2ERotate(t *testing.T) {
 	}
 	require.Equal(t, []string{"1 prepare forced=false", "2 activate forced=false",
 		"3 remove forced=true"}, steps)
-	require.Contains(t, log.Events[2].Detail, "1 certificates that need it are valid until")
+	require.Contains(t, log.Events[2].Detail, "1 certificate that needs it is valid until")
 	require.Len(t, bundleCerts(t, socket), 1)
 	require.NotEqual(t, oldRoot, strings.TrimSpace(mustRun(t, socket, "bundle", "export")))
 }

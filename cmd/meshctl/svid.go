@@ -171,7 +171,7 @@ func mintSVID(ctx context.Context, g *globals, o mintOptions) (mintResult, error
 	}
 	return mintResult{
 		SPIFFEID:   resp.GetSpiffeId(),
-		Serial:     chain[0].SerialNumber.Text(16),
+		Serial:     serialHex(chain[0].SerialNumber),
 		NotAfter:   chain[0].NotAfter.UTC(),
 		CertFile:   certPath,
 		KeyFile:    keyPath,

@@ -1,7 +1,11 @@
 package main
 
 import (
+	"io/fs"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -24,8 +28,25 @@ func TestDemo(t *testing.T) {
 		"$ meshctl ca rotate activate",
 		"rotation: prepare, activate, remove with orders calling: orders -> Charge:",
 		" 0 failed",
-		"Logs and files: ",
+		"Logs: ",
 	} {
 		require.True(t, strings.Contains(string(out), want), "output lacks %q", want)
 	}
+
+	// What stays is the logs and the policy: no binaries, no keys, no etcd data.
+	m := regexp.MustCompile(`Logs: (\S+)`).FindSubmatch(out)
+	require.NotNil(t, m)
+	dir := string(m[1])
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	var left []string
+	require.NoError(t, filepath.WalkDir(dir, func(path string, e fs.DirEntry, err error) error {
+		if err == nil && path != dir {
+			left = append(left, filepath.Base(path))
+		}
+		return err
+	}))
+	for _, name := range left {
+		require.Contains(t, []string{".log", ".yaml"}, filepath.Ext(name), "left behind: %v", left)
+	}
+	require.Contains(t, left, "meshca.log")
 }

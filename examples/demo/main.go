@@ -63,8 +63,13 @@ func run(out io.Writer) (err error) {
 	}
 	d := &demo{out: out, dir: dir, bin: filepath.Join(dir, "bin")}
 	defer func() {
-		d.cleanup()
-		fmt.Fprintf(out, "\nLogs and files: %s\n", dir)
+		d.cleanup(err == nil)
+		if err == nil {
+			fmt.Fprintf(out, "\nLogs: %s (binaries, keys and the apiserver's files "+
+				"removed)\n", dir)
+		} else {
+			fmt.Fprintf(out, "\nLogs and files, kept to look at: %s\n", dir)
+		}
 	}()
 
 	d.step("Building meshca, meshctl and the examples")
@@ -365,7 +370,11 @@ func (d *demo) stopCaller(cmd *exec.Cmd) (string, error) {
 }
 
 // cleanup stops every process the demo started, by its PID, then the apiserver.
-func (d *demo) cleanup() {
+// cleanup stops every process the demo started. After a success it also removes
+// what only served the run (binaries, meshca's store and the workloads' keys, the
+// apiserver's directory) and keeps the logs and the policy file; after a failure it
+// keeps everything.
+func (d *demo) cleanup(success bool) {
 	for i := len(d.procs) - 1; i >= 0; i-- {
 		p := d.procs[i]
 		if p.ProcessState != nil {
@@ -382,8 +391,24 @@ func (d *demo) cleanup() {
 		}
 	}
 	if d.kube != nil {
-		if err := d.kube.Stop(true); err != nil {
+		if err := d.kube.Stop(!success); err != nil {
 			fmt.Fprintln(os.Stderr, "demo: stopping the apiserver:", err)
+		}
+	}
+	if !success {
+		return
+	}
+	entries, err := os.ReadDir(d.dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		return
+	}
+	for _, e := range entries {
+		if ext := filepath.Ext(e.Name()); ext == ".log" || ext == ".yaml" {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(d.dir, e.Name())); err != nil {
+			fmt.Fprintln(os.Stderr, "demo:", err)
 		}
 	}
 }

@@ -61,7 +61,7 @@ func (s *servingCert) renew(ctx context.Context) error {
 	s.mu.Lock()
 	s.cert, s.signer = cert, svid.AuthorityID
 	s.mu.Unlock()
-	s.log.Info("Serving certificate renewed", "serial", svid.Leaf().SerialNumber.Text(16),
+	s.log.Info("Issued the serving certificate", "serial", ca.SerialHex(svid.Leaf().SerialNumber),
 		"not_after", svid.Leaf().NotAfter)
 	return nil
 }
