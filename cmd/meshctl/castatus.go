@@ -87,8 +87,11 @@ func (st caStatus) table(w io.Writer) error {
 	tw := newTable(w)
 	row(tw, "ID", "STATE", "KIND", "FINGERPRINT (SHA-256)", "NOT AFTER", "TIME LEFT")
 	for _, a := range st.Authorities {
-		left := time.Duration(a.TimeLeftSeconds) * time.Second
-		row(tw, a.ID, a.State, a.Kind, a.FingerprintSHA256, timestamp(a.NotAfter), timeLeft(left))
+		left := timeLeft(time.Duration(a.TimeLeftSeconds) * time.Second)
+		if a.State == "removed" {
+			left = "-" // no longer trusted: its lifetime no longer matters
+		}
+		row(tw, a.ID, a.State, a.Kind, a.FingerprintSHA256, timestamp(a.NotAfter), left)
 	}
 	return tw.Flush()
 }

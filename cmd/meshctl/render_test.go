@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/x509"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -216,4 +217,25 @@ func TestFormatFlag(t *testing.T) {
 	err := f.Set("xml")
 	require.EqualError(t, err, "must be one of table, json, yaml")
 	require.Equal(t, formatJSON, f, "a refused value changes nothing")
+}
+
+// TestCAStatusRemovedHasNoTimeLeft: a removed authority is no longer trusted, so the
+// table shows no remaining lifetime for it.
+func TestCAStatusRemovedHasNoTimeLeft(t *testing.T) {
+	resp := fixedStatus()
+	resp.Authorities[0].State = "removed"
+	st := statusFromProto(resp, goldenNow)
+	var buf bytes.Buffer
+	require.NoError(t, render(&buf, formatTable, st, st.table))
+	var removed, active string
+	for _, line := range strings.Split(buf.String(), "\n") {
+		switch {
+		case strings.Contains(line, " removed "):
+			removed = line
+		case strings.Contains(line, " active "):
+			active = line
+		}
+	}
+	require.True(t, strings.HasSuffix(removed, "  -"), "%q", removed)
+	require.True(t, strings.HasSuffix(active, "  30h30m"), "%q", active)
 }

@@ -26,6 +26,7 @@ func TestDemo(t *testing.T) {
 		"other -> Charge: PermissionDenied (denied: not orders)",
 		"$ meshctl ca rotate prepare",
 		"$ meshctl ca rotate activate",
+		"$ meshctl ca rotate remove",
 		"rotation: prepare, activate, remove with orders calling: orders -> Charge:",
 		" 0 failed",
 		"Logs: ",

@@ -152,17 +152,10 @@ func run(out io.Writer) (err error) {
 			return err
 		}
 	}
-	fmt.Fprintln(out, "   waiting for the certificates of the old root to expire (leaf TTL 20s)")
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		err := d.meshctlQuiet("ca", "rotate", "remove")
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("removing the old root: %w", err)
-		}
-		time.Sleep(time.Second)
+	fmt.Fprintln(out, "   remove waits for the certificates of the old root to expire "+
+		"(leaf TTL 20s)")
+	if err := d.meshctl("ca", "rotate", "remove", "--wait", "2m"); err != nil {
+		return fmt.Errorf("removing the old root: %w", err)
 	}
 	if err := d.meshctl("ca", "status"); err != nil {
 		return err
