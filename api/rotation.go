@@ -119,15 +119,11 @@ func (a *Admin) RemoveAuthority(ctx context.Context, req *meshcav1.RemoveAuthori
 			return nil, ToStatus(ctx, a.log, "remove authority", err)
 		}
 		if check.LiveLeaves > 0 {
-			warning = fmt.Sprintf("forced: %s that need authority %s stay valid "+
-				"until %s, and their holders fail handshakes with peers that got the new bundle",
-				ca.Certificates(check.LiveLeaves), check.ID,
+			warning = fmt.Sprintf("forced: %s valid until %s, and whoever holds one fails "+
+				"handshakes with peers that got the new bundle",
+				ca.Certificates(check.LiveLeaves, "that needs authority "+check.ID+" stays",
+					"that need authority "+check.ID+" stay"),
 				check.SafeAt.UTC().Format(time.RFC3339))
-			if check.LiveLeaves == 1 {
-				warning = fmt.Sprintf("forced: 1 certificate that needs authority %s stays "+
-					"valid until %s, and its holder fails handshakes with peers that got "+
-					"the new bundle", check.ID, check.SafeAt.UTC().Format(time.RFC3339))
-			}
 		}
 	}
 	st, err := a.ca.Remove(ctx, ca.RemoveParams{ID: req.GetId(), Force: req.GetForce()})
@@ -178,12 +174,9 @@ func (a *Admin) GetRotationStatus(ctx context.Context, _ *meshcav1.GetRotationSt
 		resp.NextStep = "remove"
 		resp.NextStepSafe = r.LiveLeaves == 0
 		if !resp.NextStepSafe {
-			resp.WaitingFor = fmt.Sprintf("%s that need %s to expire",
-				ca.Certificates(int(r.LiveLeaves)), r.Authority.GetId())
-			if r.LiveLeaves == 1 {
-				resp.WaitingFor = "1 certificate that needs " + r.Authority.GetId() +
-					" to expire"
-			}
+			resp.WaitingFor = ca.Certificates(int(r.LiveLeaves),
+				"that needs "+r.Authority.GetId()+" to expire",
+				"that need "+r.Authority.GetId()+" to expire")
 			resp.SafeAt = r.SafeToRemoveAt
 		}
 	}

@@ -376,12 +376,8 @@ func (c *CA) Remove(ctx context.Context, p RemoveParams) (AuthorityStatus, error
 	}
 	var detail string
 	if check.LiveLeaves > 0 {
-		detail = fmt.Sprintf("%s that need it are valid until %s",
-			Certificates(check.LiveLeaves), check.SafeAt.UTC().Format(time.RFC3339))
-		if check.LiveLeaves == 1 {
-			detail = fmt.Sprintf("1 certificate that needs it is valid until %s",
-				check.SafeAt.UTC().Format(time.RFC3339))
-		}
+		detail = Certificates(check.LiveLeaves, "that needs it is", "that need it are") +
+			" valid until " + check.SafeAt.UTC().Format(time.RFC3339)
 		if !p.Force {
 			return AuthorityStatus{}, fmt.Errorf("authority %s cannot be removed yet: %s; "+
 				"removing it is safe from then on (--force removes it now, and every "+
@@ -505,10 +501,11 @@ func (c *CA) status(id string) (AuthorityStatus, error) {
 	return AuthorityStatus{}, fmt.Errorf("authority %q vanished", id)
 }
 
-// Certificates says "1 certificate" or "n certificates".
-func Certificates(n int) string {
+// Certificates writes "1 certificate " followed by one, or "n certificates " followed
+// by many: the count and the words that agree with it.
+func Certificates(n int, one, many string) string {
 	if n == 1 {
-		return "1 certificate"
+		return "1 certificate " + one
 	}
-	return fmt.Sprintf("%d certificates", n)
+	return fmt.Sprintf("%d certificates %s", n, many)
 }

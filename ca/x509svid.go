@@ -163,7 +163,7 @@ func (c *CA) issue(ctx context.Context, spec leafSpec) (*X509SVID, error) {
 	c.log.Info("Issued certificate", "spiffe_id", rec.SPIFFEID, "serial", rec.Serial,
 		"not_after", rec.NotAfter, "authority_id", signer.id, "requester", spec.requester)
 
-	certs := make([]*x509.Certificate, 0, 1+len(signer.intermediates))
+	certs := make([]*x509.Certificate, 0, 1+len(signer.intermediates)+len(cross))
 	certs = append(certs, leaf)
 	certs = append(certs, signer.intermediates...)
 	certs = append(certs, cross...)

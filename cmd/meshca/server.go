@@ -10,6 +10,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/buildinfo"
 	"github.com/meshca/meshca/internal/cli"
 	"github.com/meshca/meshca/internal/server"
 )
@@ -20,7 +21,7 @@ func newRootCommand() *cobra.Command {
 		Short:         "meshca: SPIFFE identities and mTLS policy for Kubernetes workloads",
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		Version:       cli.Version(),
+		Version:       buildinfo.String(),
 	}
 	root.SetVersionTemplate("meshca {{.Version}}\n")
 	root.AddCommand(newServerCommand(), newDocsCommand(), cli.NewVersionCommand("meshca"))

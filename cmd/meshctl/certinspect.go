@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"fmt"
 	"io"
-	"math/big"
 	"strings"
 	"time"
 
@@ -15,6 +14,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/meshca/meshca/ca"
 )
 
 // The answers to "does the chain verify to the bundle?".
@@ -119,7 +120,7 @@ func inspect(file string, certs []*x509.Certificate, src x509bundle.Source, srcN
 	leaf := certs[0]
 	res := inspection{
 		File:            file,
-		Serial:          serialHex(leaf.SerialNumber),
+		Serial:          ca.SerialHex(leaf.SerialNumber),
 		Subject:         leaf.Subject.String(),
 		Issuer:          leaf.Issuer.String(),
 		NotBefore:       leaf.NotBefore.UTC(),
@@ -196,7 +197,3 @@ func (v verification) summary() string {
 		return fmt.Sprintf("no (bundle from %s): %s", v.Bundle, v.Error)
 	}
 }
-
-// serialHex writes a serial number as meshca's audit log does: lowercase hex of its
-// bytes, as `openssl x509 -serial` shows it in upper case.
-func serialHex(n *big.Int) string { return fmt.Sprintf("%x", n.Bytes()) }

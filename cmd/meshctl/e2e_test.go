@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 	"sigs.k8s.io/yaml"
 
+	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/server"
 )
 
@@ -111,7 +112,7 @@ func TestE2ESVIDMint(t *testing.T) {
 	// The key matches the leaf, and openssl accepts the chain against the bundle.
 	pair, err := tls.LoadX509KeyPair(certPath, keyPath)
 	require.NoError(t, err)
-	require.Contains(t, stdout, serialHex(pair.Leaf.SerialNumber))
+	require.Contains(t, stdout, ca.SerialHex(pair.Leaf.SerialNumber))
 	require.WithinDuration(t, time.Now().Add(30*time.Minute), pair.Leaf.NotAfter, time.Minute)
 	verify, err := exec.Command("openssl", "verify", "-CAfile", bundlePath,
 		"-untrusted", certPath, certPath).CombinedOutput()
@@ -123,7 +124,7 @@ func TestE2ESVIDMint(t *testing.T) {
 	listed := mustRun(t, socket, "-o", "json", "cert", "list", "--spiffe-id", id)
 	require.NoError(t, json.Unmarshal([]byte(listed), &list))
 	require.Len(t, list.Issuances, 1)
-	require.Equal(t, serialHex(pair.Leaf.SerialNumber), list.Issuances[0].Serial)
+	require.Equal(t, ca.SerialHex(pair.Leaf.SerialNumber), list.Issuances[0].Serial)
 	require.Equal(t, "admin", list.Issuances[0].Requester)
 	require.Contains(t, mustRun(t, socket, "cert", "list", "--limit", "5"), id)
 

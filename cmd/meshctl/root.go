@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/meshca/meshca/internal/buildinfo"
 	"github.com/meshca/meshca/internal/cli"
 )
 
@@ -40,7 +41,7 @@ func newRootCommand(now func() time.Time) *cobra.Command {
 			"`cert inspect` and `policy validate` also work offline.",
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		Version:       cli.Version(),
+		Version:       buildinfo.String(),
 		PersistentPreRunE: func(*cobra.Command, []string) error {
 			return g.validate()
 		},

@@ -15,6 +15,7 @@ import (
 
 	"github.com/meshca/meshca/api"
 	"github.com/meshca/meshca/api/meshcav1"
+	"github.com/meshca/meshca/ca"
 )
 
 // pollInterval is how often --wait asks the server whether a step is safe yet.
@@ -429,11 +430,8 @@ func (a rotationAuthority) progress(now time.Time) string {
 	case a.LiveLeaves != nil && *a.LiveLeaves == 0:
 		return "no valid certificate needs it"
 	case a.LiveLeaves != nil && a.SafeToRemoveAt != nil:
-		if *a.LiveLeaves == 1 {
-			return "1 valid certificate needs it, until " + expiry(*a.SafeToRemoveAt, now)
-		}
-		return fmt.Sprintf("%d valid certificates need it, until %s", *a.LiveLeaves,
-			expiry(*a.SafeToRemoveAt, now))
+		return ca.Certificates(int(*a.LiveLeaves), "needs it", "need it") + ", until " +
+			expiry(*a.SafeToRemoveAt, now)
 	default:
 		return "-"
 	}

@@ -171,7 +171,7 @@ func mintSVID(ctx context.Context, g *globals, o mintOptions) (mintResult, error
 	}
 	return mintResult{
 		SPIFFEID:   resp.GetSpiffeId(),
-		Serial:     serialHex(chain[0].SerialNumber),
+		Serial:     ca.SerialHex(chain[0].SerialNumber),
 		NotAfter:   chain[0].NotAfter.UTC(),
 		CertFile:   certPath,
 		KeyFile:    keyPath,

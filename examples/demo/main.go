@@ -363,7 +363,7 @@ func (d *demo) stopCaller(cmd *exec.Cmd) (string, error) {
 }
 
 // cleanup stops every process the demo started, by its PID, then the apiserver.
-// cleanup stops every process the demo started. After a success it also removes
+// After a success it also removes
 // what only served the run (binaries, meshca's store and the workloads' keys, the
 // apiserver's directory) and keeps the logs and the policy file; after a failure it
 // keeps everything.

@@ -8,9 +8,6 @@ import (
 	"github.com/meshca/meshca/internal/buildinfo"
 )
 
-// Version describes the running binary; see buildinfo.String.
-func Version() string { return buildinfo.String() }
-
 // NewVersionCommand returns the `version` command of a binary named name.
 func NewVersionCommand(name string) *cobra.Command {
 	return &cobra.Command{
@@ -18,7 +15,7 @@ func NewVersionCommand(name string) *cobra.Command {
 		Short: "Print the version of " + name,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, err := fmt.Fprintln(cmd.OutOrStdout(), name, Version())
+			_, err := fmt.Fprintln(cmd.OutOrStdout(), name, buildinfo.String())
 			return err
 		},
 	}

@@ -124,10 +124,8 @@ type TokenReviews struct{ c *rest.RESTClient }
 // Create sends review and returns the API server's answer.
 func (t TokenReviews) Create(ctx context.Context, review *authnv1.TokenReview,
 	opts metav1.CreateOptions) (*authnv1.TokenReview, error) {
-	out := &authnv1.TokenReview{}
-	err := t.c.Post().Resource("tokenreviews").VersionedParams(&opts, params).
-		Body(review).Do(ctx).Into(out)
-	return out, err
+	return send(ctx, t.c.Post().Resource("tokenreviews"), &opts, review,
+		&authnv1.TokenReview{})
 }
 
 // SelfSubjectAccessReviews creates SelfSubjectAccessReviews.
@@ -137,10 +135,8 @@ type SelfSubjectAccessReviews struct{ c *rest.RESTClient }
 func (s SelfSubjectAccessReviews) Create(ctx context.Context,
 	review *authzv1.SelfSubjectAccessReview, opts metav1.CreateOptions,
 ) (*authzv1.SelfSubjectAccessReview, error) {
-	out := &authzv1.SelfSubjectAccessReview{}
-	err := s.c.Post().Resource("selfsubjectaccessreviews").VersionedParams(&opts, params).
-		Body(review).Do(ctx).Into(out)
-	return out, err
+	return send(ctx, s.c.Post().Resource("selfsubjectaccessreviews"), &opts, review,
+		&authzv1.SelfSubjectAccessReview{})
 }
 
 // ConfigMaps writes the ConfigMaps of one namespace.
@@ -152,17 +148,21 @@ type ConfigMaps struct {
 // Create creates cm in the namespace.
 func (m ConfigMaps) Create(ctx context.Context, cm *corev1.ConfigMap,
 	opts metav1.CreateOptions) (*corev1.ConfigMap, error) {
-	out := &corev1.ConfigMap{}
-	err := m.c.Post().Namespace(m.namespace).Resource("configmaps").
-		VersionedParams(&opts, params).Body(cm).Do(ctx).Into(out)
-	return out, err
+	return send(ctx, m.c.Post().Namespace(m.namespace).Resource("configmaps"), &opts, cm,
+		&corev1.ConfigMap{})
 }
 
 // Update replaces cm, which must carry the resourceVersion it was read at.
 func (m ConfigMaps) Update(ctx context.Context, cm *corev1.ConfigMap,
 	opts metav1.UpdateOptions) (*corev1.ConfigMap, error) {
-	out := &corev1.ConfigMap{}
-	err := m.c.Put().Namespace(m.namespace).Resource("configmaps").Name(cm.Name).
-		VersionedParams(&opts, params).Body(cm).Do(ctx).Into(out)
+	return send(ctx, m.c.Put().Namespace(m.namespace).Resource("configmaps").Name(cm.Name),
+		&opts, cm, &corev1.ConfigMap{})
+}
+
+// send completes req with the options and the body, and decodes the API server's
+// answer into out.
+func send[T runtime.Object](ctx context.Context, req *rest.Request, opts runtime.Object,
+	body, out T) (T, error) {
+	err := req.VersionedParams(opts, params).Body(body).Do(ctx).Into(out)
 	return out, err
 }

@@ -11,8 +11,6 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/meshca/meshca/api/meshcav1"
@@ -73,10 +71,7 @@ func requireReachable(t *testing.T, m *meshca, root *x509.Certificate, when stri
 	t.Helper()
 	pool := x509.NewCertPool()
 	pool.AddCert(root)
-	conn, err := grpc.NewClient(m.addrs.GRPC.String(), grpc.WithTransportCredentials(
-		credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "localhost"})))
-	require.NoError(t, err)
-	defer conn.Close()
+	conn := m.dialTrusting(t, pool)
 	resp, err := healthpb.NewHealthClient(conn).Check(t.Context(), &healthpb.HealthCheckRequest{})
 	require.NoError(t, err, "%s, trusting only %s", when, root.Subject)
 	require.Equal(t, healthpb.HealthCheckResponse_SERVING, resp.Status)

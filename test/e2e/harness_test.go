@@ -129,8 +129,14 @@ func startMeshca(t *testing.T, opts serverOpts) *meshca {
 // dial opens a TLS connection to the main gRPC port, trusting meshca's roots.
 func (m *meshca) dial(t *testing.T) *grpc.ClientConn {
 	t.Helper()
+	return m.dialTrusting(t, m.roots)
+}
+
+// dialTrusting opens a TLS connection to the main gRPC port, trusting roots only.
+func (m *meshca) dialTrusting(t *testing.T, roots *x509.CertPool) *grpc.ClientConn {
+	t.Helper()
 	conn, err := grpc.NewClient(m.addrs.GRPC.String(), grpc.WithTransportCredentials(
-		credentials.NewTLS(&tls.Config{RootCAs: m.roots, ServerName: "localhost"})))
+		credentials.NewTLS(&tls.Config{RootCAs: roots, ServerName: "localhost"})))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = conn.Close() })
 	return conn
